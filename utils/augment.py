@@ -1,0 +1,56 @@
+"""Batched, per-sample augmentation on the device (no per-sample Python).
+
+Which augmentation a dataset gets when labels are cached matters: a label was
+asked for the un-augmented image, so only transformations that keep the
+teacher's answer are allowed. Flipping a digit changes what it is, so MNIST
+and SVHN are never flipped; natural images and clothes are.
+"""
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+KINDS = ("none", "crop", "flip", "crop+flip")
+FLIP_SAFE = {"fmnist", "cifar10", "cifar100", "tinyimagenet", "imagenet12"}
+CROP_PADDING = 4  # pixels of zero padding before the random crop (reference code)
+
+
+def random_crop(x: torch.Tensor, padding: int = CROP_PADDING) -> torch.Tensor:
+    """Per-sample random crop of the zero-padded batch back to the input size.
+    x (N, C, H, W) -> (N, C, H, W). Differentiable in x."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
+    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_flip(x: torch.Tensor) -> torch.Tensor:
+    """Flip each sample left-right with probability 1/2. x (N, C, H, W)."""
+    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+    return torch.where(flip, x.flip(3), x)
+
+
+def build_augment(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return a batch -> batch function for one of KINDS."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown augmentation '{kind}'; known: {', '.join(KINDS)}")
+    crop = random_crop if "crop" in kind else (lambda x: x)
+    flip = random_flip if "flip" in kind else (lambda x: x)
+    return lambda x: flip(crop(x))
+
+
+def label_safe_augment(dataset: str) -> str:
+    """The augmentation used under cached labels: crop for every dataset, flip
+    only where a mirrored image keeps its class."""
+    return "crop+flip" if dataset in FLIP_SAFE else "crop"
+
+
+def reference_augment(size: int, channels: int) -> str:
+    """The reference code's distillation augmentation, used when every view is
+    re-asked (--relabel_every_epoch): flip everything, and crop 32x32 colour data."""
+    return "crop+flip" if (channels, size) == (3, 32) else "flip"

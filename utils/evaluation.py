@@ -1,0 +1,19 @@
+"""Test-set evaluation with the real labels (never a teacher query)."""
+import torch
+import torch.nn.functional as F
+
+from utils.pool import to_float
+
+
+@torch.no_grad()
+def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000):
+    """model in eval mode over uint8 images (N, C, H, W) and labels (N,), both on
+    the model's device -> (mean cross-entropy, accuracy in %)."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
+        logits = model(to_float(x))
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    n = labels.shape[0]
+    return loss_sum / n, 100.0 * correct / n

@@ -1,0 +1,55 @@
+"""The synthetic pool: every generated image and the teacher's answer for it,
+held in memory as tensors on the training device.
+
+Images are stored as uint8, as the reference stored 8-bit PNGs; the teacher is
+asked about exactly the quantised image that is stored, so the cached label
+belongs to what the student will see.
+"""
+import torch
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8, rounding as an 8-bit PNG writer does."""
+    return x.detach().mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]."""
+    return x.float().div_(255)
+
+
+class SyntheticPool:
+    """A first-in-first-out store of (image, answer) pairs, capped at `capacity`
+    samples (the reference keeps the newest 400 batches)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.images = None  # (N, C, H, W) uint8
+        self.answers = None  # (N,) int64 hard labels or (N, classes) float probabilities
+
+    def __len__(self) -> int:
+        return 0 if self.images is None else self.images.shape[0]
+
+    def add(self, images: torch.Tensor, answers: torch.Tensor) -> None:
+        """Append a batch (uint8 images, answers) and drop the oldest beyond capacity."""
+        if self.images is None:
+            self.images, self.answers = images, answers
+        else:
+            self.images = torch.cat([self.images, images])
+            self.answers = torch.cat([self.answers, answers])
+        if len(self) > self.capacity:
+            self.images = self.images[-self.capacity:]
+            self.answers = self.answers[-self.capacity:]
+
+    def batches(self, batch_size: int):
+        """Yield shuffled (images uint8, answers) batches covering the pool once."""
+        order = torch.randperm(len(self), device=self.images.device)
+        for idx in order.split(batch_size):
+            yield self.images[idx], self.answers[idx]
+
+    def state_dict(self) -> dict:
+        return {"capacity": self.capacity, "images": self.images, "answers": self.answers}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.capacity = state["capacity"]
+        self.images, self.answers = state["images"], state["answers"]

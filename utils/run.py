@@ -1,0 +1,99 @@
+"""Run bookkeeping shared by both scripts: device, seeds, run folders, atomic
+writes, and turning user mistakes into one-line errors."""
+import json
+import os
+import random
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, no traceback."""
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> CUDA when visible (CUDA_VISIBLE_DEVICES picks which), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA device is visible; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def rng_state() -> dict:
+    """Every RNG a run draws from, so a resumed run continues the same streams."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_write(path: str, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a crash
+    leaves either the old file or the new one, never half of one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(obj, path: str) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: str, device) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def save_json(obj, path: str) -> None:
+    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def make_run_dir(save_dir: str, kind: str, exp_name: str, resume: bool) -> str:
+    """runs/<kind>/<exp_name>. A new run never reuses a folder (it takes
+    exp_name-2, -3, ...), so no earlier run is overwritten; --resume needs it."""
+    base = os.path.join(save_dir, kind, exp_name)
+    if resume:
+        if not os.path.isfile(os.path.join(base, "last.pt")):
+            raise UserError(f"--resume: no run to resume at {base} (no last.pt); check --save_dir/--exp_name")
+        return base
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    os.makedirs(path)
+    return path
+
+
+def run_cli(entry, errors=()) -> None:
+    """Call entry() (argument parsing included); print a user error as one line, exit 2."""
+    try:
+        entry()
+    except (UserError, *errors) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
