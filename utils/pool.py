@@ -9,8 +9,9 @@ import torch
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] -> uint8, rounding as an 8-bit PNG writer does."""
-    return x.detach().mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    """Float images in [0, 1] -> uint8, rounding halves up as an 8-bit PNG writer
+    (torchvision's save_image) does; the cast truncates the non-negative values."""
+    return x.detach().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -43,6 +44,8 @@ class SyntheticPool:
 
     def batches(self, batch_size: int):
         """Yield shuffled (images uint8, answers) batches covering the pool once."""
+        if len(self) == 0:
+            return
         order = torch.randperm(len(self), device=self.images.device)
         for idx in order.split(batch_size):
             yield self.images[idx], self.answers[idx]

@@ -54,6 +54,7 @@ def _atomic_write(path: str, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; runs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
