@@ -28,7 +28,7 @@ from utils.evaluation import evaluate
 from utils.losses import balanced_targets, distill_loss, generator_loss
 from utils.pool import SyntheticPool, to_float, to_uint8
 from utils.run import (UserError, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
-                       save_checkpoint, save_json, seed_everything, set_rng_state)
+                       save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
 from utils.teacher import default_teacher_path, load_blackbox_teacher
 
 PHASES = ("generate", "label", "distill", "test")
@@ -177,8 +177,8 @@ def main(args):
     teacher, teacher_acc = load_blackbox_teacher(args.teacher_ckpt, args.dataset, args.net,
                                                  args.bb_mode, args.query_budget, device)
     test_images, test_labels = (t.to(device) for t in load_split(args.dataset, args.data_dir, train=False))
-    student = build_model(args.student_net, spec.channels, spec.size, spec.classes).to(device)
-    generator = Generator(args.nz, args.ngf, spec.channels, spec.size).to(device)
+    student = to_device(build_model(args.student_net, spec.channels, spec.size, spec.classes), device)
+    generator = to_device(Generator(args.nz, args.ngf, spec.channels, spec.size), device)
     optimizer = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     pool = SyntheticPool(args.pool_batches * args.batch_size)

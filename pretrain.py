@@ -24,7 +24,7 @@ from utils.augment import KINDS, build_augment, label_safe_augment
 from utils.evaluation import evaluate
 from utils.pool import to_float
 from utils.run import (load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
-                       save_checkpoint, save_json, seed_everything, set_rng_state)
+                       save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
 from utils.teacher import default_teacher_path, save_teacher
 
 
@@ -100,7 +100,7 @@ def main(args):
     device = pick_device(args.device)
     seed_everything(args.seed)
     spec = get_spec(args.dataset)
-    model = build_model(args.net, spec.channels, spec.size, spec.classes).to(device)
+    model = to_device(build_model(args.net, spec.channels, spec.size, spec.classes), device)
     train_data = [t.to(device) for t in load_split(args.dataset, args.data_dir, train=True)]
     test_data = [t.to(device) for t in load_split(args.dataset, args.data_dir, train=False)]
     run_dir = make_run_dir(args.save_dir, "pretrain", args.exp_name, args.resume)

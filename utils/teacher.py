@@ -3,7 +3,7 @@ import os
 
 from models import build_model
 from utils.blackbox import BlackBoxTeacher
-from utils.run import UserError, load_checkpoint, save_checkpoint
+from utils.run import UserError, load_checkpoint, save_checkpoint, to_device
 
 
 def default_teacher_path(save_dir: str, dataset: str, net: str) -> str:
@@ -28,6 +28,6 @@ def load_blackbox_teacher(path: str, dataset: str, net: str, mode: str, budget: 
     if (ckpt.get("dataset"), ckpt.get("net")) != (dataset, net):
         raise UserError(f"teacher {path} is a {ckpt.get('net')} for {ckpt.get('dataset')}, "
                         f"not a {net} for {dataset}; pass the right --teacher_ckpt")
-    model = build_model(net, ckpt["channels"], ckpt["size"], ckpt["classes"]).to(device)
+    model = to_device(build_model(net, ckpt["channels"], ckpt["size"], ckpt["classes"]), device)
     model.load_state_dict(ckpt["state_dict"])
     return BlackBoxTeacher(model, mode=mode, budget=budget), ckpt["test_acc"]
