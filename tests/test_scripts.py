@@ -154,3 +154,31 @@ def test_cli_errors_are_one_line(tmp_path):
     no_data = cli("pretrain.py", "--dataset=svhn", f"--data_dir={tmp_path}", f"--save_dir={tmp_path}")
     assert no_data.returncode == 2 and len(no_data.stderr.strip().splitlines()) == 1
     assert "train_32x32.mat" in no_data.stderr
+
+
+def load_script(path):
+    """Import a script that lives outside any package (scripts/, benchmarks/)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_query_sweep_epochs_spend_the_budget():
+    queries = load_script("benchmarks/queries.py")
+    assert queries.epochs_for(5000, 250, relabel=False) == 20
+    assert queries.epochs_for(5001, 250, relabel=False) == 21
+    for budget in (5000, 10000, 25000, 250, 251):
+        e = queries.epochs_for(budget, 250, relabel=True)
+        assert 250 * e * (e + 1) // 2 >= budget > 250 * (e - 1) * e // 2
+
+
+def test_make_figs_from_run_folders(workspace, tmp_path, monkeypatch):
+    _, run_dir = run_ideal(workspace, "--epochs=2", "--exp_name=figs")
+    figs = load_script("scripts/make_figs.py")
+    monkeypatch.setattr(sys, "argv", ["make_figs.py", "--runs", run_dir, "--out_dir", str(tmp_path)])
+    figs.main()
+    for name in ("acc.png", "acc_mnist.png", "synthetic_mnist.png", "pipeline.png"):
+        with open(tmp_path / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
