@@ -121,6 +121,17 @@ def synthesize(generator, student, args, classes, device):
     return x, (best_loss, ce, info)
 
 
+def label_once(teacher, x, relabel):
+    """IDEAL step 2: quantise the batch to uint8 as it will be stored and ask the
+    teacher once per image, for as many images as the budget still allows.
+    Returns (images uint8, answers). In relabel mode the asking happens in
+    distill() instead, so placeholder answers are stored and never read."""
+    images = to_uint8(x)[:int(min(len(x), teacher.remaining))]
+    if relabel:
+        return images, torch.zeros(len(images), dtype=torch.long, device=images.device)
+    return images, teacher(to_float(images))
+
+
 def distill(student, optimizer, pool, augment, batch_size, teacher=None):
     """IDEAL step 3: one shuffled pass over the pool. With `teacher` (relabel
     mode) every augmented batch is re-asked, as the reference did, until the
@@ -201,25 +212,18 @@ def main(args):
         generating = epoch <= args.epochs and teacher.remaining > 0
         if generating:
             with clock("generate"):
-                x, (g_loss, g_ce, g_info) = synthesize(generator, student, args, spec.classes, device)
-            images = to_uint8(x)[:int(min(len(x), teacher.remaining))]
+                x, g_losses = synthesize(generator, student, args, spec.classes, device)
             with clock("label"):
-                # relabel mode asks during distillation instead; its stored answers are never read
-                answers = (torch.zeros(len(images), dtype=torch.long, device=device)
-                           if args.relabel_every_epoch else teacher(to_float(images)))
+                images, answers = label_once(teacher, x, args.relabel_every_epoch)
             pool.add(images, answers)
             state["samples"] += len(images)
-            writer.add_scalar("generator/loss", g_loss, epoch)
-            writer.add_scalar("generator/ce", g_ce, epoch)
-            writer.add_scalar("generator/info", g_info, epoch)
-            writer.add_image("synthetic", make_grid(to_float(images[:64]), nrow=8), epoch)
-            if not args.relabel_every_epoch:
-                hard = answers if answers.dim() == 1 else answers.argmax(1)
-                writer.add_histogram("teacher/labels", hard, epoch, bins=spec.classes)
+            log_generation(writer, epoch, images, None if args.relabel_every_epoch else answers,
+                           g_losses, spec.classes)
         if teacher.remaining <= 0 and not state["budget_hit"]:
             state["budget_hit"] = True
-            tqdm.write(f"query budget of {args.query_budget} spent at epoch {epoch}: "
-                       "no more generation; distilling on the pool already labelled")
+            tqdm.write(f"query budget of {args.query_budget} spent at epoch {epoch}: no more generation; " + (
+                "relabel mode has no cached answers, so the run ends" if args.relabel_every_epoch
+                else "distilling on the pool already labelled"))
         if args.relabel_every_epoch and teacher.remaining <= 0 and not generating:
             break  # relabel mode has no cached answers to train on without asking again
         with clock("distill"):
@@ -242,6 +246,16 @@ def main(args):
           f"teacher queries {summary['queries']:,}, synthetic samples {summary['samples']:,}, "
           f"{summary['wall_s']:.0f}s; summary in {run_dir}/summary.json")
     return summary
+
+
+def log_generation(writer, epoch, images, answers, g_losses, classes):
+    """Generator losses, an image grid and (when asked this epoch) the teacher's labels."""
+    for name, value in zip(("loss", "ce", "info"), g_losses):
+        writer.add_scalar(f"generator/{name}", value, epoch)
+    writer.add_image("synthetic", make_grid(to_float(images[:64]), nrow=8), epoch)
+    if answers is not None:
+        hard = answers if answers.dim() == 1 else answers.argmax(1)
+        writer.add_histogram("teacher/labels", hard, epoch, bins=classes)
 
 
 def log_epoch(writer, epoch, queries, phase_s, distill_stats, test_loss, test_acc):

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import random
-from collections import Counter
 
 import numpy as np
 import pytest
