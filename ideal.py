@@ -9,10 +9,8 @@ pass over the whole pool of labelled samples; (4) the student is tested on the
 real test set (real labels, no query).
 """
 import argparse
-import math
 import os
 import time
-from contextlib import contextmanager
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -20,24 +18,27 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from datasets import DATASETS, DatasetError, get_spec, load_split
-from models import MODELS, Generator, ModelError, build_model, init_generator_
+from methods import (PHASES, SYNTHESIZERS, Clock, IdealSynthesizer, NoiseSynthesizer,
+                     RandomGeneratorSynthesizer, distill, distill_relabel, label_once)
+from methods.steps import affordable
+from models import MODELS, Generator, ModelError, build_model
 from models.registry import check_fits
 from utils.augment import KINDS, build_augment, label_safe_augment, reference_augment
 from utils.blackbox import MODES
 from utils.evaluation import evaluate
-from utils.losses import balanced_targets, distill_loss, generator_loss
-from utils.pool import SyntheticPool, to_float, to_uint8
+from utils.pool import SyntheticPool, to_float
+from utils.report import base_summary, log_test
 from utils.run import (UserError, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
                        save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
 from utils.teacher import default_teacher_path, load_blackbox_teacher
-
-PHASES = ("generate", "label", "distill", "test")
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="IDEAL data-free distillation from a black-box teacher.")
     p.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
     p.add_argument("--net", default="lenet", choices=sorted(MODELS), help="the teacher's architecture")
+    p.add_argument("--method", default="ideal", choices=sorted(SYNTHESIZERS),
+                   help="where each epoch's images come from: ideal (the paper), or a baseline in the same "
+                        "loop: random_generator (IDEAL's generator, never trained), noise (uniform pixels)")
     p.add_argument("--student_net", default=None, choices=sorted(MODELS), help="default: same as --net")
     p.add_argument("--epochs", type=int, default=100, help="generation epochs E; each adds batch_size samples")
     p.add_argument("--batch_size", type=int, default=250, help="B: samples generated per epoch, and distillation batch")
@@ -87,98 +88,15 @@ def resolve_args(args):
     return args
 
 
-@contextmanager
-def frozen(model):
-    """Run `model` in eval mode with no parameter gradients: the generator step
-    trains G through S, and S must not change (nor pay for its own gradients)."""
-    was_training = model.training
-    model.eval().requires_grad_(False)
-    try:
-        yield model
-    finally:
-        model.train(was_training).requires_grad_(True)
-
-
-def synthesize(generator, student, args, classes, device):
-    """IDEAL step 1, zero queries: returns the lowest-loss batch (B, C, H, W) in
-    [0, 1] of a freshly initialised generator and that step's (total, ce, info)."""
-    init_generator_(generator).train()
-    # fused: one kernel for all parameters, 3x cheaper than the per-tensor loop on the CPU
-    optimizer = torch.optim.Adam(generator.parameters(), lr=args.lr_g, betas=(0.5, 0.999),
-                                 fused=device.type in ("cpu", "cuda"))
-    z = torch.randn(args.batch_size, args.nz, device=device)
-    targets = balanced_targets(args.batch_size, classes, device)
-    augment = build_augment("crop+flip")  # no labels involved here: the spec's generator augmentation
-    best_loss, best = math.inf, None
-    with frozen(student):
-        for _ in range(args.g_steps):
-            x = generator(z)
-            loss, ce, info = generator_loss(student(augment(x)), targets, args.lambda_info)
-            if loss.item() < best_loss:  # compared before the step, as the spec says
-                best_loss, best = loss.item(), (x.detach(), ce.item(), info.item())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    x, ce, info = best
-    return x, (best_loss, ce, info)
-
-
-def label_once(teacher, x, relabel):
-    """IDEAL step 2: quantise the batch to uint8 as it will be stored and ask the
-    teacher once per image, for as many images as the budget still allows.
-    Returns (images uint8, answers). In relabel mode the asking happens in
-    distill() instead, so placeholder answers are stored and never read."""
-    images = to_uint8(x)[:int(min(len(x), teacher.remaining))]
-    if relabel:
-        return images, torch.zeros(len(images), dtype=torch.long, device=images.device)
-    return images, teacher(to_float(images))
-
-
-def distill(student, optimizer, pool, augment, batch_size, teacher=None):
-    """IDEAL step 3: one shuffled pass over the pool. With `teacher` (relabel
-    mode) every augmented batch is re-asked, as the reference did, until the
-    budget runs out. Returns (mean loss, % agreement with the answers used)."""
-    student.train()
-    loss_sum, agree, seen = 0.0, 0, 0
-    for images, answers in pool.batches(batch_size):
-        x = augment(to_float(images))
-        if teacher is not None:
-            x = x[:int(min(len(x), teacher.remaining))]
-            if len(x) == 0:
-                break
-            answers = teacher(x)
-        logits = student(x)
-        loss = distill_loss(logits, answers)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        hard = answers if answers.dim() == 1 else answers.argmax(1)
-        loss_sum += loss.item() * len(x)
-        agree += (logits.argmax(1) == hard).sum().item()
-        seen += len(x)
-    return loss_sum / max(seen, 1), 100.0 * agree / max(seen, 1)
-
-
-def sync(device):
-    """Make phase timings honest on CUDA, where kernels run asynchronously."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Clock:
-    """Seconds spent per phase, summed over the run."""
-
-    def __init__(self, device, totals=None):
-        self.device = device
-        self.totals = dict.fromkeys(PHASES, 0.0) if totals is None else totals
-
-    @contextmanager
-    def __call__(self, phase):
-        sync(self.device)
-        start = time.perf_counter()
-        yield
-        sync(self.device)
-        self.totals[phase] += time.perf_counter() - start
+def build_synthesizer(args, spec, device):
+    """The zero-query image source of --method (see methods/synthesizers.py)."""
+    if args.method == "noise":
+        return NoiseSynthesizer(args.batch_size, (spec.channels, spec.size, spec.size), device)
+    generator = to_device(Generator(args.nz, args.ngf, spec.channels, spec.size), device)
+    if args.method == "random_generator":
+        return RandomGeneratorSynthesizer(generator, args.nz, args.batch_size)
+    return IdealSynthesizer(generator, args.nz, args.batch_size, spec.classes, args.g_steps,
+                            args.lr_g, args.lambda_info)
 
 
 def main(args):
@@ -191,10 +109,10 @@ def main(args):
                                                  args.bb_mode, args.query_budget, device)
     test_images, test_labels = (t.to(device) for t in load_split(args.dataset, args.data_dir, train=False))
     student = to_device(build_model(args.student_net, spec.channels, spec.size, spec.classes), device)
-    generator = to_device(Generator(args.nz, args.ngf, spec.channels, spec.size), device)
+    synthesizer = build_synthesizer(args, spec, device)
     optimizer = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    pool = SyntheticPool(args.pool_batches * args.batch_size)
+    pool = SyntheticPool(args.pool_batches * args.batch_size, labelled=not args.relabel_every_epoch)
     run_dir = make_run_dir(args.save_dir, "ideal", args.exp_name, args.resume)
     state = {"epoch": 0, "samples": 0, "best_acc": 0.0, "final_acc": 0.0, "wall_s": 0.0,
              "phase_s": dict.fromkeys(PHASES, 0.0), "budget_hit": False}
@@ -214,13 +132,13 @@ def main(args):
         generating = epoch <= args.epochs and teacher.remaining > 0
         if generating:
             with clock("generate"):
-                x, g_losses = synthesize(generator, student, args, spec.classes, device)
-            with clock("label"):
-                images, answers = label_once(teacher, x, args.relabel_every_epoch)
+                x, g_losses = synthesizer.synthesize(student)
+            with clock("label"):  # relabel mode asks later, in distill_relabel
+                images, answers = (affordable(teacher, x), None) if args.relabel_every_epoch \
+                    else label_once(teacher, x)
             pool.add(images, answers)
             state["samples"] += len(images)
-            log_generation(writer, epoch, images, None if args.relabel_every_epoch else answers,
-                           g_losses, spec.classes)
+            log_generation(writer, epoch, images, answers, g_losses, spec.classes)
         if teacher.remaining <= 0 and not state["budget_hit"]:
             state["budget_hit"] = True
             tqdm.write(f"query budget of {args.query_budget} spent at epoch {epoch}: no more generation; " + (
@@ -229,8 +147,9 @@ def main(args):
         if args.relabel_every_epoch and teacher.remaining <= 0 and not generating:
             break  # relabel mode has no cached answers to train on without asking again
         with clock("distill"):
-            d_loss, d_agree = distill(student, optimizer, pool, augment, args.batch_size,
-                                      teacher if args.relabel_every_epoch else None)
+            d_loss, d_agree = (distill_relabel(student, optimizer, pool, augment, args.batch_size, teacher)
+                               if args.relabel_every_epoch
+                               else distill(student, optimizer, pool, augment, args.batch_size))
         with clock("test"):
             test_loss, test_acc = evaluate(student, test_images, test_labels)
         state.update(epoch=epoch, final_acc=test_acc, wall_s=time.time() - t0)
@@ -251,8 +170,9 @@ def main(args):
 
 
 def log_generation(writer, epoch, images, answers, g_losses, classes):
-    """Generator losses, an image grid and (when asked this epoch) the teacher's labels."""
-    for name, value in zip(("loss", "ce", "info"), g_losses):
+    """Generator losses (methods that train one), an image grid and (when asked
+    this epoch) the teacher's labels."""
+    for name, value in (g_losses or {}).items():
         writer.add_scalar(f"generator/{name}", value, epoch)
     writer.add_image("synthetic", make_grid(to_float(images[:64]), nrow=8), epoch)
     if answers is not None:
@@ -261,11 +181,7 @@ def log_generation(writer, epoch, images, answers, g_losses, classes):
 
 
 def log_epoch(writer, epoch, queries, phase_s, distill_stats, test_loss, test_acc):
-    writer.add_scalar("test/acc", test_acc, epoch)
-    writer.add_scalar("test/loss", test_loss, epoch)
-    writer.add_scalar("test_by_queries/acc", test_acc, queries)
-    writer.add_scalar("test_by_queries/loss", test_loss, queries)
-    writer.add_scalar("queries", queries, epoch)
+    log_test(writer, epoch, queries, test_loss, test_acc)
     writer.add_scalar("distill/loss", distill_stats["loss"], epoch)
     writer.add_scalar("distill/agreement", distill_stats["agreement"], epoch)
     for phase, seconds in phase_s.items():
@@ -298,17 +214,12 @@ def resume(run_dir, device, student, optimizer, pool, teacher):
 def make_summary(args, state, teacher, teacher_acc, device):
     e, b = args.epochs, args.batch_size
     return {
-        "dataset": args.dataset, "net": args.net, "student_net": args.student_net,
-        "epochs": args.epochs, "distill_epochs": args.distill_epochs, "epochs_run": state["epoch"],
-        "batch_size": b, "g_steps": args.g_steps, "ngf": args.ngf, "bb_mode": args.bb_mode,
-        "relabel_every_epoch": args.relabel_every_epoch, "query_budget": args.query_budget,
-        "distill_aug": args.distill_aug, "seed": args.seed,
-        "teacher_acc": teacher_acc, "best_acc": state["best_acc"], "final_acc": state["final_acc"],
-        "queries": teacher.queries, "samples": state["samples"],
+        **base_summary(args.method, args, state, teacher.queries, teacher_acc, device),
+        "epochs": args.epochs, "distill_epochs": args.distill_epochs,
+        "batch_size": b, "g_steps": args.g_steps, "ngf": args.ngf,
+        "relabel_every_epoch": args.relabel_every_epoch, "distill_aug": args.distill_aug,
         "reference_code_queries": b * e * (e + 1) // 2,
-        "wall_s": round(state["wall_s"], 1),
         "phase_s": {k: round(v, 1) for k, v in state["phase_s"].items()},
-        "device": str(device),
     }
 
 

@@ -4,7 +4,7 @@
     python benchmarks/speed.py --json out.json  # also write the figures as JSON
 
 Phases measured with the real functions of ideal.py:
-  generate  one generator step of synthesize() (aug + G + S + loss + Adam step),
+  generate  one generator step of IdealSynthesizer.synthesize() (aug + G + S + loss + Adam step),
             against the floor of a bare forward+backward of S(G(z)) at the same batch;
   label     one black-box call on a batch of B quantised images;
   distill   one distill() pass over pools of 2.5k/12.5k/25k uint8 images (shuffle,
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ideal import distill, frozen, sync, synthesize  # noqa: E402
+from methods import IdealSynthesizer, distill, frozen, sync  # noqa: E402
 from models import Generator, build_model  # noqa: E402
 from utils.augment import build_augment, label_safe_augment  # noqa: E402
 from utils.blackbox import BlackBoxTeacher  # noqa: E402
@@ -90,12 +90,12 @@ def measure(args, device):
     student = to_device(build_model(args.net, channels, size, classes), device)
     teacher = BlackBoxTeacher(to_device(build_model(args.net, channels, size, classes), device))
     generator = to_device(Generator(args.nz, args.ngf, channels, size), device)
-    gen_args = argparse.Namespace(batch_size=b, nz=args.nz, g_steps=args.g_steps, lr_g=1e-3, lambda_info=5.0)
+    synthesizer = IdealSynthesizer(generator, args.nz, b, classes, args.g_steps, lr_g=1e-3, lambda_info=5.0)
     rows = []
     z = torch.randn(b, args.nz, device=device)
     targets = torch.arange(b, device=device) % classes
 
-    gen, floor = best_times([lambda: synthesize(generator, student, gen_args, classes, device),
+    gen, floor = best_times([lambda: synthesizer.synthesize(student),
                              lambda: bare_generator_steps(generator, student, z, targets, args.g_steps)],
                             args.repeats, device)
     gen, floor = gen / args.g_steps, floor / args.g_steps

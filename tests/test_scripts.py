@@ -89,9 +89,39 @@ def test_ideal_one_query_per_sample(workspace):
 
 def test_ideal_relabel_every_epoch_counts_reference_queries(workspace):
     e, b = 3, 10
-    summary, _ = run_ideal(workspace, f"--epochs={e}", "--relabel_every_epoch", "--exp_name=relabel")
+    summary, run_dir = run_ideal(workspace, f"--epochs={e}", "--relabel_every_epoch", "--exp_name=relabel")
     assert summary["queries"] == b * e * (e + 1) // 2
     assert summary["samples"] == e * b
+    pool = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]
+    assert pool["answers"] is None and not pool["labelled"]  # no placeholder labels to train on
+
+
+@pytest.mark.parametrize("method", ["noise", "random_generator"])
+def test_baselines_make_one_query_per_sample(workspace, method):
+    summary, run_dir = run_ideal(workspace, "--epochs=3", f"--method={method}", "--query_budget=25",
+                                 f"--exp_name={method}")
+    assert summary["method"] == method
+    assert summary["queries"] == summary["samples"] == 25  # 10 + 10 + the 5 the budget allows
+    pool = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]
+    assert pool["images"].shape[0] == pool["answers"].shape[0] == 25
+
+
+def test_only_the_labelling_step_reaches_the_teacher(workspace, monkeypatch):
+    """Structural: every call into the black box is recorded with its caller.
+    Generation (any method) and distillation must never appear there."""
+    import inspect
+
+    from utils.blackbox import BlackBoxTeacher
+    callers, real_call = [], BlackBoxTeacher.__call__
+
+    def recording_call(self, images):
+        callers.append((inspect.stack()[1].function, images.shape[0]))
+        return real_call(self, images)
+
+    monkeypatch.setattr(BlackBoxTeacher, "__call__", recording_call)
+    summary, _ = run_ideal(workspace, "--epochs=3", "--exp_name=callers")
+    assert callers == [("label_once", 10)] * 3
+    assert summary["queries"] == 30
 
 
 @pytest.mark.parametrize("relabel", [False, True])
@@ -125,6 +155,19 @@ def test_ideal_resume_matches_uninterrupted_run(workspace):
     assert torch.equal(a["pool"]["images"], b["pool"]["images"])
     for key in a["student"]:
         assert torch.equal(a["student"][key], b["student"][key]), key
+
+
+def test_ideal_resume_refuses_malicious_last_pt(workspace, tmp_path):
+    """A tampered last.pt (one extra entry that runs a command when unpickled)
+    is refused by --resume, and the command never runs."""
+    from test_security import write_malicious
+    _, run_dir = run_ideal(workspace, "--epochs=1", "--exp_name=tampered")
+    last = os.path.join(run_dir, "last.pt")
+    marker = tmp_path / "pwned"
+    write_malicious(last, marker, load_checkpoint(last, "cpu"))
+    with pytest.raises(UserError, match=f"not a checkpoint that can be loaded safely: {last}"):
+        run_ideal(workspace, "--epochs=2", "--exp_name=tampered", "--resume")
+    assert not marker.exists()
 
 
 def test_ideal_missing_teacher_names_pretrain_command(workspace):

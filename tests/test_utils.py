@@ -1,6 +1,5 @@
 """utils/ (losses, black box, pool, augmentation, run bookkeeping, evaluation)
 and the two IDEAL steps in ideal.py, on CPU with tiny tensors."""
-import argparse
 import copy
 import json
 import math
@@ -13,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import ideal
-from models import Generator, build_model
+from methods import IdealSynthesizer, NoiseSynthesizer, RandomGeneratorSynthesizer, distill, distill_relabel
+from models import Generator, build_model, init_generator_
 from utils import run
 from utils.augment import build_augment, label_safe_augment, random_crop, random_flip, reference_augment
 from utils.blackbox import BlackBoxTeacher, QueryBudgetExceeded
@@ -505,20 +504,20 @@ def test_evaluate_leaves_a_batchnorm_model_untouched():
         assert torch.equal(v, before[k]), k
 
 
-# ---------------------------------------------------------------- ideal.synthesize / ideal.distill
+# ---------------------------------------------------------------- methods: synthesizers, distill
 
-def synth_args():
-    return argparse.Namespace(batch_size=12, nz=8, g_steps=3, lr_g=1e-3, lambda_info=5.0)
+def ideal_synthesizer(generator):
+    return IdealSynthesizer(generator, nz=8, batch_size=12, classes=10, g_steps=3, lr_g=1e-3, lambda_info=5.0)
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_synthesize_trains_only_the_generator(training):
     student = tiny_net(classes=10, size=28).train(training)
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    teacher = BlackBoxTeacher(tiny_net(classes=10, size=28, seed=1))
     generator = Generator(nz=8, ngf=4, channels=1, size=28)
     torch.manual_seed(0)
-    x, (loss, ce, info) = ideal.synthesize(generator, student, synth_args(), 10, torch.device("cpu"))
+    x, losses = ideal_synthesizer(generator).synthesize(student)
+    loss, ce, info = losses["loss"], losses["ce"], losses["info"]
     assert x.shape == (12, 1, 28, 28)
     assert x.min() >= 0 and x.max() <= 1
     assert not x.requires_grad
@@ -529,18 +528,17 @@ def test_synthesize_trains_only_the_generator(training):
     assert all(p.requires_grad for p in student.parameters())
     assert all(p.grad is None for p in student.parameters())
     assert student.training == training
-    assert teacher.queries == 0
 
 
 def test_synthesize_moves_the_generator():
     student = tiny_net(classes=10, size=28)
     generator = Generator(nz=8, ngf=4, channels=1, size=28)
     torch.manual_seed(0)
-    ideal.synthesize(generator, student, synth_args(), 10, torch.device("cpu"))
+    ideal_synthesizer(generator).synthesize(student)
     trained = [p.detach().clone() for p in generator.parameters()]
     # replaying the same draws without the Adam steps gives the initial weights
     torch.manual_seed(0)
-    init = [p.detach().clone() for p in ideal.init_generator_(generator).parameters()]
+    init = [p.detach().clone() for p in init_generator_(generator).parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(trained, init))
 
 
@@ -555,7 +553,7 @@ def test_distill_trains_the_student():
     student = tiny_net(classes=5)
     before = [p.detach().clone() for p in student.parameters()]
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
-    loss, agreement = ideal.distill(student, optimizer, random_pool(), build_augment("crop"), 16)
+    loss, agreement = distill(student, optimizer, random_pool(), build_augment("crop"), 16)
     assert math.isfinite(loss) and loss > 0
     assert 0 <= agreement <= 100
     assert student.training
@@ -578,7 +576,7 @@ def test_distill_reports_the_pool_mean_loss_and_agreement(soft):
     wrong = (predicted + 1) % 5
     for answers, agreement in [(predicted, 100.0), (wrong, 0.0)]:
         pool.answers = F.one_hot(answers, 5).float() if soft else answers
-        loss, agree = ideal.distill(student, optimizer, pool, build_augment("none"), 16)
+        loss, agree = distill(student, optimizer, pool, build_augment("none"), 16)
         assert agree == pytest.approx(agreement)
         # batches of 16, 16, 16, 2: the mean is per sample, not per batch
         assert loss == pytest.approx(F.cross_entropy(logits, answers).item(), rel=1e-5)
@@ -590,7 +588,7 @@ def test_distill_relabel_asks_once_per_sample_per_pass():
     pool = random_pool()
     pool.answers.fill_(-1)  # stored answers must not be read in relabel mode
     for passes in (1, 2):
-        _, agreement = ideal.distill(student, optimizer, pool, build_augment("crop"), 16, teacher=teacher)
+        _, agreement = distill_relabel(student, optimizer, pool, build_augment("crop"), 16, teacher)
         assert teacher.queries == 50 * passes
         assert agreement == pytest.approx(100.0)  # the teacher is the student's twin
 
@@ -600,10 +598,42 @@ def test_distill_relabel_stops_at_the_budget():
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
     teacher = BlackBoxTeacher(tiny_net(classes=5, seed=1), budget=30)
     pool = random_pool()
-    loss, agreement = ideal.distill(student, optimizer, pool, build_augment("none"), 16, teacher=teacher)
+    loss, agreement = distill_relabel(student, optimizer, pool, build_augment("none"), 16, teacher)
     assert teacher.queries == 30 and teacher.remaining == 0
     assert math.isfinite(loss) and 0 <= agreement <= 100
     before = [p.detach().clone() for p in student.parameters()]
-    ideal.distill(student, optimizer, pool, build_augment("none"), 16, teacher=teacher)
+    distill_relabel(student, optimizer, pool, build_augment("none"), 16, teacher)
     assert teacher.queries == 30
     assert all(torch.equal(a, p.detach()) for a, p in zip(before, student.parameters()))
+
+
+def test_synthesize_refuses_a_loss_that_is_never_finite():
+    """lambda_info=nan makes every step's loss NaN: one clear error, not a crash on None."""
+    student = tiny_net(classes=10, size=28)
+    synthesizer = IdealSynthesizer(Generator(nz=8, ngf=4, channels=1, size=28), nz=8, batch_size=12,
+                                   classes=10, g_steps=2, lambda_info=float("nan"))
+    with pytest.raises(run.UserError, match="not finite at any of 2 steps"):
+        synthesizer.synthesize(student)
+
+
+@pytest.mark.parametrize("make", ["noise", "random_generator"])
+def test_baseline_synthesizers_make_a_batch_in_range(make):
+    torch.manual_seed(0)
+    synthesizer = (NoiseSynthesizer(12, (1, 28, 28), "cpu") if make == "noise"
+                   else RandomGeneratorSynthesizer(Generator(nz=8, ngf=4, channels=1, size=28), 8, 12))
+    x, losses = synthesizer.synthesize(None)  # no student needed: nothing is trained
+    assert x.shape == (12, 1, 28, 28) and losses is None
+    assert x.min() >= 0 and x.max() <= 1 and not x.requires_grad
+    assert x.std() > 0.01  # not one flat grey image
+    again, _ = synthesizer.synthesize(None)
+    assert not torch.equal(x, again)  # a fresh draw every call
+
+
+def test_unlabelled_pool_keeps_no_answers():
+    pool = SyntheticPool(capacity=20, labelled=False)
+    pool.add(torch.zeros(15, 1, 4, 4, dtype=torch.uint8))
+    pool.add(torch.ones(15, 1, 4, 4, dtype=torch.uint8))
+    assert len(pool) == 20 and pool.answers is None
+    assert all(answers is None for _, answers in pool.batches(8))
+    with pytest.raises(ValueError):
+        pool.add(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.zeros(1, dtype=torch.long))

@@ -21,38 +21,41 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 class SyntheticPool:
     """A first-in-first-out store of (image, answer) pairs, capped at `capacity`
-    samples (the reference keeps the newest 400 batches)."""
+    samples (the reference keeps the newest 400 batches). A pool built with
+    labelled=False holds images only: the reference code's relabel mode asks
+    the teacher again every time, so it has no answers to keep."""
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
+    def __init__(self, capacity: int, labelled: bool = True):
+        self.capacity, self.labelled = capacity, labelled
         self.images = None  # (N, C, H, W) uint8
-        self.answers = None  # (N,) int64 hard labels or (N, classes) float probabilities
+        self.answers = None  # (N,) int64 hard labels or (N, classes) float probabilities; None if unlabelled
 
     def __len__(self) -> int:
         return 0 if self.images is None else self.images.shape[0]
 
-    def add(self, images: torch.Tensor, answers: torch.Tensor) -> None:
+    def add(self, images: torch.Tensor, answers: torch.Tensor = None) -> None:
         """Append a batch (uint8 images, answers) and drop the oldest beyond capacity."""
-        if self.images is None:
-            self.images, self.answers = images, answers
-        else:
-            self.images = torch.cat([self.images, images])
-            self.answers = torch.cat([self.answers, answers])
+        if (answers is not None) != self.labelled:
+            raise ValueError("a labelled pool needs answers; an unlabelled one takes none")
+        self.images = images if self.images is None else torch.cat([self.images, images])
+        if self.labelled:
+            self.answers = answers if self.answers is None else torch.cat([self.answers, answers])
         if len(self) > self.capacity:
             self.images = self.images[-self.capacity:]
-            self.answers = self.answers[-self.capacity:]
+            self.answers = None if self.answers is None else self.answers[-self.capacity:]
 
     def batches(self, batch_size: int):
-        """Yield shuffled (images uint8, answers) batches covering the pool once."""
+        """Yield shuffled (images uint8, answers or None) batches covering the pool once."""
         if len(self) == 0:
             return
         order = torch.randperm(len(self), device=self.images.device)
         for idx in order.split(batch_size):
-            yield self.images[idx], self.answers[idx]
+            yield self.images[idx], None if self.answers is None else self.answers[idx]
 
     def state_dict(self) -> dict:
-        return {"capacity": self.capacity, "images": self.images, "answers": self.answers}
+        return {"capacity": self.capacity, "labelled": self.labelled,
+                "images": self.images, "answers": self.answers}
 
     def load_state_dict(self, state: dict) -> None:
-        self.capacity = state["capacity"]
+        self.capacity, self.labelled = state["capacity"], state.get("labelled", True)
         self.images, self.answers = state["images"], state["answers"]

@@ -2,6 +2,7 @@
 writes, and turning user mistakes into one-line errors."""
 import json
 import os
+import pickle
 import random
 import sys
 import tempfile
@@ -37,17 +38,25 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    """Every RNG a run draws from, so a resumed run continues the same streams."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG a run draws from, so a resumed run continues the same streams.
+    Only tensors, lists and plain numbers: a checkpoint must load under
+    torch.load(weights_only=True), which refuses numpy objects."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(mt), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -73,9 +82,21 @@ def save_checkpoint(obj, path: str) -> None:
 
 
 def load_checkpoint(path: str, device) -> dict:
+    """torch.load with weights_only=True: tensors, dicts, lists and numbers only.
+    A full unpickle would run whatever code a crafted file names (a teacher
+    passed around, a tampered last.pt); this refuses such a file instead."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=device, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"not a checkpoint that can be loaded safely: {path}") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise UserError(f"not a readable checkpoint (empty, truncated or corrupt): {path} "
+                        f"({type(err).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"not a checkpoint of this project (a {type(ckpt).__name__}, not a dict): {path}")
+    return ckpt
 
 
 def save_json(obj, path: str) -> None:

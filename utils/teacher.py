@@ -6,6 +6,9 @@ from utils.blackbox import BlackBoxTeacher
 from utils.run import UserError, load_checkpoint, save_checkpoint, to_device
 
 
+TEACHER_KEYS = {"dataset", "net", "channels", "size", "classes", "test_acc", "state_dict"}
+
+
 def default_teacher_path(save_dir: str, dataset: str, net: str) -> str:
     """The one place pretrain.py writes, and ideal.py looks for, a teacher."""
     return os.path.join(save_dir, "teachers", f"{dataset}_{net}.pt")
@@ -25,6 +28,9 @@ def load_blackbox_teacher(path: str, dataset: str, net: str, mode: str, budget: 
         raise UserError(f"no teacher at {path}; train one first: "
                         f"python pretrain.py --dataset={dataset} --net={net}")
     ckpt = load_checkpoint(path, device)
+    if not TEACHER_KEYS <= ckpt.keys():
+        raise UserError(f"{path} is not a teacher written by pretrain.py (it lacks "
+                        f"{', '.join(sorted(TEACHER_KEYS - ckpt.keys()))}); pass the teacher file, not a run's last.pt")
     if (ckpt.get("dataset"), ckpt.get("net")) != (dataset, net):
         raise UserError(f"teacher {path} is a {ckpt.get('net')} for {ckpt.get('dataset')}, "
                         f"not a {net} for {dataset}; pass the right --teacher_ckpt")

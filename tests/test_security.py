@@ -1,0 +1,73 @@
+"""Checkpoints load with weights_only=True: a crafted file cannot run code."""
+import os
+
+import pytest
+import torch
+
+from utils import run
+from utils.teacher import load_blackbox_teacher
+
+
+class RunsCommand:
+    """Unpickling this calls os.system: what an attacker puts in a checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def write_malicious(path, marker, base=None):
+    """A checkpoint that looks right but carries one extra, code-running entry.
+    torch.save pickles it like any object; only a full unpickle would run it."""
+    torch.save({**(base or {}), "extra": RunsCommand(marker)}, path)
+
+
+def test_malicious_teacher_does_not_run(tmp_path):
+    marker, path = tmp_path / "pwned", str(tmp_path / "teacher.pt")
+    write_malicious(path, marker, {"dataset": "mnist", "net": "lenet", "channels": 1, "size": 28,
+                                   "classes": 10, "test_acc": 99.0, "state_dict": {}})
+    with pytest.raises(run.UserError, match="not a checkpoint that can be loaded safely"):
+        load_blackbox_teacher(path, "mnist", "lenet", "hard", 0, "cpu")
+    assert not marker.exists()
+
+
+def test_plain_torch_load_would_have_run_it(tmp_path):
+    """The guard above is real: the same file does run its command when fully unpickled."""
+    marker, path = tmp_path / "pwned", str(tmp_path / "teacher.pt")
+    write_malicious(path, marker)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", os.urandom(4096)],
+                         ids=["empty", "truncated", "random"])
+def test_unreadable_checkpoint_is_one_line(tmp_path, content):
+    path = tmp_path / "teacher.pt"
+    path.write_bytes(content)
+    with pytest.raises(run.UserError, match="not a readable checkpoint|not a checkpoint that can"):
+        run.load_checkpoint(str(path), "cpu")
+
+
+def test_truncated_real_checkpoint_is_one_line(tmp_path):
+    path = tmp_path / "last.pt"
+    run.save_checkpoint({"w": torch.randn(1000)}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(run.UserError, match="not a readable checkpoint"):
+        run.load_checkpoint(str(path), "cpu")
+
+
+def test_run_checkpoint_as_teacher_is_refused(tmp_path):
+    path = str(tmp_path / "last.pt")
+    run.save_checkpoint({"model": {}, "epoch": 3}, path)
+    with pytest.raises(run.UserError, match="not a teacher written by pretrain.py"):
+        load_blackbox_teacher(path, "mnist", "lenet", "hard", 0, "cpu")
+
+
+def test_rng_state_loads_safely(tmp_path):
+    """Every RNG stream, numpy's included, survives a weights_only round trip."""
+    path = str(tmp_path / "rng.pt")
+    run.save_checkpoint({"rng": run.rng_state()}, path)
+    torch.load(path, weights_only=True)

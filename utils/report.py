@@ -1,0 +1,26 @@
+"""What every method's run reports, in one schema: the TensorBoard tags of the
+test curve and the keys of summary.json that the comparison runner reads."""
+import torch
+
+
+def log_test(writer, epoch: int, queries: int, test_loss: float, test_acc: float) -> None:
+    """Test accuracy and loss by epoch and by teacher queries spent so far."""
+    writer.add_scalar("test/acc", test_acc, epoch)
+    writer.add_scalar("test/loss", test_loss, epoch)
+    writer.add_scalar("test_by_queries/acc", test_acc, queries)
+    writer.add_scalar("test_by_queries/loss", test_loss, queries)
+    writer.add_scalar("queries", queries, epoch)
+
+
+def base_summary(method: str, args, state: dict, queries: int, teacher_acc: float, device) -> dict:
+    """The keys every method's summary.json carries. `args` needs dataset, net,
+    student_net, bb_mode, query_budget and seed; `state` best_acc, final_acc,
+    epoch, samples and wall_s. Results depend on the thread count, so it is
+    recorded beside the device."""
+    return {
+        "method": method, "dataset": args.dataset, "net": args.net, "student_net": args.student_net,
+        "bb_mode": args.bb_mode, "query_budget": args.query_budget, "seed": args.seed,
+        "teacher_acc": teacher_acc, "best_acc": state["best_acc"], "final_acc": state["final_acc"],
+        "epochs_run": state["epoch"], "queries": queries, "samples": state["samples"],
+        "wall_s": round(state["wall_s"], 1), "device": str(device), "threads": torch.get_num_threads(),
+    }
