@@ -9,6 +9,7 @@ pass over the whole pool of labelled samples; (4) the student is tested on the
 real test set (real labels, no query).
 """
 import argparse
+import json
 import os
 import time
 
@@ -31,6 +32,9 @@ from utils.report import base_summary, log_test
 from utils.run import (UserError, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
                        save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
 from utils.teacher import default_teacher_path, load_blackbox_teacher
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # presets, one JSON each
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="IDEAL data-free distillation from a black-box teacher.")
@@ -67,8 +71,29 @@ def parse_args(argv=None):
     p.add_argument("--exp_name", default=None, help="run folder name (default: DATASET_NET_STUDENT)")
     p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue the run in SAVE_DIR/ideal/EXP_NAME")
+    p.add_argument("--preset", default=None,
+                   help="take defaults from configs/PRESET.json (cpu: the README's CPU preset); "
+                        "flags given on the command line still win")
+    apply_preset(p, argv)
     args = p.parse_args(argv)
     return resolve_args(args)
+
+
+def apply_preset(parser, argv):
+    """Make the preset's values the parser's defaults, so explicit flags override them."""
+    name = parser.parse_known_args(argv)[0].preset
+    if name is None:
+        return
+    path = os.path.join(CONFIG_DIR, f"{name}.json")
+    if not os.path.isfile(path):
+        known = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
+        raise UserError(f"no preset '{name}' ({path}); known: {', '.join(known)}")
+    with open(path) as f:
+        preset = json.load(f)
+    unknown = set(preset) - {a.dest for a in parser._actions}
+    if unknown:
+        raise UserError(f"preset {path} sets unknown flags: {', '.join(sorted(unknown))}")
+    parser.set_defaults(**preset)
 
 
 def resolve_args(args):

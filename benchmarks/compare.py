@@ -1,0 +1,379 @@
+"""Compare IDEAL and its baselines at equal teacher-query budgets, over seeds.
+
+    python benchmarks/compare.py                                   # MNIST + FMNIST, every method, 3 seeds
+    python benchmarks/compare.py --methods ideal_cpu,noise --datasets mnist --devices cpu,cpu
+    python benchmarks/compare.py --report_only                     # tables and figures from finished runs
+
+Every method uses the same teacher per dataset, the same counting black box,
+the same pool, distillation pass and test evaluation (see methods/). Each
+(method, dataset, seed) is one run of ideal.py or dfme.py, in its own process,
+at the largest budget. A smaller budget is read off that run's
+accuracy-by-queries curve: in the one-query-per-sample loop a run at budget b
+*is* the same run stopped after b queries, so the reading is exact. A method
+whose schedule depends on its budget (DFME's LR steps) runs once per budget.
+
+Runs are resumable: a finished run (summary.json) is skipped, an interrupted
+one is continued with --resume, so a long sweep can be stopped and started
+again. Writes RESULTS/compare.md, compare.json and compare_<dataset>.png.
+"""
+import argparse
+import fcntl
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from queue import Queue
+
+from tqdm import tqdm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Method:
+    script: str  # ideal.py or dfme.py
+    flags: tuple  # what makes this method, on top of the shared flags
+    per_budget: bool = False  # True when the schedule depends on the budget
+    about: str = ""
+
+
+METHODS = {
+    "ideal_cpu": Method("ideal.py", ("--method=ideal", "--preset=cpu"),
+                        about="IDEAL, CPU preset (g_steps 10, ngf 16, lr_g 1e-2)"),
+    "ideal_paper": Method("ideal.py", ("--method=ideal",),
+                          about="IDEAL, the paper's settings (g_steps 30, ngf 64, lr_g 1e-3)"),
+    "noise": Method("ideal.py", ("--method=noise",), about="uniform-noise images, each labelled once"),
+    "random_generator": Method("ideal.py", ("--method=random_generator",),
+                               about="IDEAL's generator, freshly initialised and never trained"),
+    "dfme": Method("dfme.py", (), per_budget=True,
+                   about="DFME (soft labels, zeroth-order gradients through the teacher)"),
+}
+DEFAULT_METHODS = ("ideal_cpu", "noise", "random_generator", "ideal_paper", "dfme")
+BUDGETS = {"mnist": (5000, 10000, 25000), "fmnist": (5000, 10000, 25000, 50000)}
+# The teacher per dataset, trained once by pretrain.py with the README's recipe:
+# 3 epochs reach 99.2% on MNIST (the quickstart's teacher); FMNIST gets 10.
+TEACHER_EPOCHS = {"mnist": 3, "fmnist": 10}
+RUN_KIND = {"ideal.py": "ideal", "dfme.py": "dfme"}  # the run folder kind each script uses
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"any of {', '.join(METHODS)}")
+    p.add_argument("--datasets", default="mnist,fmnist")
+    p.add_argument("--seeds", default="2021,2022,2023")
+    p.add_argument("--budgets", default=None,
+                   help="comma-separated query budgets for every dataset (default: "
+                        + "; ".join(f"{d} {','.join(map(str, b))}" for d, b in BUDGETS.items()) + ")")
+    p.add_argument("--net", default="lenet", help="teacher and student architecture")
+    p.add_argument("--batch_size", type=int, default=250, help="B of the IDEAL loop (samples per epoch)")
+    p.add_argument("--devices", default="cpu",
+                   help="one job runs on each entry at a time: cpu,cpu runs two CPU jobs side by side; "
+                        "cuda:0,cuda:1 one job per GPU")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per CPU job (0: the cores shared out between CPU jobs). "
+                        "Results depend on the thread count")
+    p.add_argument("--job_flags", default="", help="extra flags for every job (tests use tiny nets)")
+    p.add_argument("--teacher_epochs", type=int, default=0, help="override TEACHER_EPOCHS (0: the table)")
+    p.add_argument("--save_dir", default="runs/compare", help="run folders and teachers go here")
+    p.add_argument("--data_dir", default="data")
+    p.add_argument("--out", default="benchmarks/results", help="where compare.md/.json/.png go")
+    p.add_argument("--report_only", action="store_true", help="run nothing; report the finished runs")
+    args = p.parse_args(argv)
+    args.methods = args.methods.split(",")
+    args.datasets = args.datasets.split(",")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.devices = args.devices.split(",")
+    for name in args.methods:
+        if name not in METHODS:
+            p.error(f"unknown method '{name}'; known: {', '.join(METHODS)}")
+    for name in args.datasets:
+        if name not in BUDGETS and not args.budgets:
+            p.error(f"no default budgets for '{name}'; pass --budgets")
+    return args
+
+
+def budgets_for(args, dataset):
+    return sorted(int(b) for b in args.budgets.split(",")) if args.budgets else list(BUDGETS[dataset])
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    dataset: str
+    seed: int
+    budget: int  # the largest budget, or this job's own for a per-budget method
+
+    @property
+    def name(self):
+        budget = f"-b{self.budget}" if METHODS[self.method].per_budget else ""
+        return f"{self.dataset}-{self.method}{budget}-s{self.seed}"
+
+
+def plan(args):
+    """Every job of the sweep: one per (method, dataset, seed), or per budget too."""
+    jobs = []
+    for dataset in args.datasets:
+        budgets = budgets_for(args, dataset)
+        for method in args.methods:
+            for seed in args.seeds:
+                for budget in budgets if METHODS[method].per_budget else budgets[-1:]:
+                    jobs.append(Job(method, dataset, seed, budget))
+    return jobs
+
+
+def run_dir(args, job):
+    return os.path.join(args.save_dir, RUN_KIND[METHODS[job.method].script], job.name)
+
+
+def command(args, job, device):
+    """The job's command line: the method's flags on top of the shared ones."""
+    method = METHODS[job.method]
+    cmd = [sys.executable, os.path.join(ROOT, method.script), f"--dataset={job.dataset}",
+           f"--net={args.net}", f"--query_budget={job.budget}", f"--seed={job.seed}",
+           f"--save_dir={args.save_dir}", f"--data_dir={args.data_dir}", f"--exp_name={job.name}",
+           f"--device={device}", *method.flags]
+    if method.script == "ideal.py":
+        cmd += [f"--epochs={math.ceil(job.budget / args.batch_size)}", f"--batch_size={args.batch_size}"]
+    cmd += args.job_flags.split()
+    if os.path.isfile(os.path.join(run_dir(args, job), "last.pt")):
+        cmd.append("--resume")
+    return cmd
+
+
+def ensure_teachers(args):
+    """Train each dataset's teacher once; every method of the sweep then uses it."""
+    for dataset in args.datasets:
+        path = os.path.join(args.save_dir, "teachers", f"{dataset}_{args.net}.pt")
+        if os.path.isfile(path):
+            continue
+        epochs = args.teacher_epochs or TEACHER_EPOCHS.get(dataset, 10)
+        tqdm.write(f"training the {dataset} teacher ({epochs} epochs) -> {path}")
+        subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py"), f"--dataset={dataset}",
+                        f"--net={args.net}", f"--epochs={epochs}", f"--save_dir={args.save_dir}",
+                        f"--data_dir={args.data_dir}"], check=True,
+                       env=job_env(args, "cpu"), stdout=subprocess.DEVNULL)
+
+
+def job_env(args, device):
+    """One process per device slot; CPU jobs share the cores out between them."""
+    env = dict(os.environ)
+    if device == "cpu":
+        cpu_slots = sum(d == "cpu" for d in args.devices)
+        env["OMP_NUM_THREADS"] = str(args.threads or max(1, (os.cpu_count() or 1) // cpu_slots))
+    return env
+
+
+def run_job(args, job, device):
+    """Run (or resume) one job on `device`. Returns (job, None) or (job, error text)."""
+    folder = run_dir(args, job)
+    os.makedirs(os.path.join(args.save_dir, "logs"), exist_ok=True)
+    with open(os.path.join(args.save_dir, "logs", f"{job.name}.lock"), "w") as lock:
+        try:  # two runners on the same save_dir must not run the same job
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return job, "running in another process"
+        if is_done(folder):
+            return job, None
+        if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "last.pt")):
+            shutil.rmtree(folder)  # died before its first checkpoint: nothing to resume
+        log = os.path.join(args.save_dir, "logs", f"{job.name}.log")
+        with open(log, "a") as out:
+            rc = subprocess.run(command(args, job, device), stdout=out, stderr=subprocess.STDOUT,
+                                env=job_env(args, device), cwd=ROOT).returncode
+    return job, None if rc == 0 else f"exit {rc}, see {log}"
+
+
+def is_done(folder):
+    return os.path.isfile(os.path.join(folder, "summary.json"))
+
+
+def run_all(args, jobs):
+    """Run the jobs, one per device slot at a time. Returns {job name: error}."""
+    todo = [job for job in jobs if not is_done(run_dir(args, job))]
+    slots = Queue()
+    for device in args.devices:
+        slots.put(device)
+
+    def on_a_slot(job):
+        device = slots.get()
+        try:
+            return run_job(args, job, device)
+        finally:
+            slots.put(device)
+
+    failures = {}
+    with ThreadPoolExecutor(len(args.devices)) as pool, \
+            tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="compare", unit="run") as bar:
+        for job, error in pool.map(on_a_slot, todo):
+            if error:
+                failures[job.name] = error
+                tqdm.write(f"FAILED {job.name}: {error}")
+            bar.update()
+    return failures
+
+
+# ---------------------------------------------------------------- reading runs
+
+def read_curve(folder):
+    """[(queries, test acc, seconds so far)] of a run, in order, one point per
+    evaluation; a resumed run's repeated steps keep their newest value."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(folder, size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+
+    def by_step(tag):
+        return {e.step: e.value for e in sorted(events.Scalars(tag), key=lambda e: e.wall_time)}
+
+    acc, queries = by_step("test/acc"), by_step("queries")
+    seconds = [by_step(t) for t in tags if t.startswith("time/")]
+    return [(int(queries[e]), acc[e], sum(s.get(e, 0.0) for s in seconds)) for e in sorted(acc)]
+
+
+def at_budget(curve, budget):
+    """(final acc, best acc so far, queries, seconds) at the last evaluation
+    that had spent at most `budget` queries; None if there is none."""
+    points = [p for p in curve if p[0] <= budget]
+    if not points:
+        return None
+    queries, final, seconds = points[-1]
+    return final, max(p[1] for p in points), queries, seconds
+
+
+def collect(args, jobs):
+    """One record per finished (job, budget)."""
+    records = []
+    for job in jobs:
+        folder = run_dir(args, job)
+        if not is_done(folder):
+            continue
+        with open(os.path.join(folder, "summary.json")) as f:
+            summary = json.load(f)
+        curve = read_curve(folder)
+        budgets = [job.budget] if METHODS[job.method].per_budget else budgets_for(args, job.dataset)
+        for budget in budgets:
+            point = at_budget(curve, budget)
+            if point is None:
+                continue
+            final, best, queries, seconds = point
+            if budget == job.budget:  # the run's own end: the summary is the authority
+                final, best, queries, seconds = (summary["final_acc"], summary["best_acc"],
+                                                 summary["queries"], summary["wall_s"])
+            records.append({"method": job.method, "dataset": job.dataset, "seed": job.seed,
+                            "budget": budget, "final_acc": final, "best_acc": best, "queries": queries,
+                            "wall_s": round(seconds, 1), "teacher_acc": summary["teacher_acc"],
+                            "device": summary["device"], "threads": summary.get("threads"),
+                            "run": folder, "curve": curve})
+    return records
+
+
+def aggregate(records):
+    """Mean +- std (sample std, n-1) over seeds per (dataset, method, budget)."""
+    groups = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["method"], r["budget"]), []).append(r)
+    rows = []
+    for (dataset, method, budget), rs in sorted(groups.items()):
+        finals, bests = [r["final_acc"] for r in rs], [r["best_acc"] for r in rs]
+        rows.append({"dataset": dataset, "method": method, "budget": budget, "seeds": [r["seed"] for r in rs],
+                     "final_mean": statistics.mean(finals),
+                     "final_std": statistics.stdev(finals) if len(rs) > 1 else float("nan"),
+                     "best_mean": statistics.mean(bests),
+                     "queries_max": max(r["queries"] for r in rs),
+                     "wall_s_mean": statistics.mean(r["wall_s"] for r in rs),
+                     "teacher_acc": rs[0]["teacher_acc"], "device": rs[0]["device"],
+                     "threads": rs[0]["threads"]})
+    return rows
+
+
+def markdown(rows, args):
+    lines = ["# IDEAL and baselines at equal, counted query budgets", "",
+             "Written by `python benchmarks/compare.py`. Final = the student after the last epoch "
+             "(no selection); best = the highest test accuracy along the way, which is selected on "
+             "the test set. Mean +- std over the seeds listed (sample std).", ""]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        ours = [r for r in rows if r["dataset"] == dataset]
+        lines += [f"## {dataset} (teacher {args.net}, {ours[0]['teacher_acc']:.2f}%)", "",
+                  "| method | budget | queries used (max) | final acc | best acc (test-selected) "
+                  "| seeds | wall s (mean) | device |",
+                  "|---|---:|---:|---:|---:|---|---:|---|"]
+        for r in ours:
+            std = "" if math.isnan(r["final_std"]) else f" +- {r['final_std']:.2f}"
+            lines.append(f"| {r['method']} | {r['budget']:,} | {r['queries_max']:,} | "
+                         f"**{r['final_mean']:.2f}{std}** | {r['best_mean']:.2f} | "
+                         f"{len(r['seeds'])} ({','.join(map(str, r['seeds']))}) | {r['wall_s_mean']:.0f} | "
+                         f"{r['device']}, {r['threads']} thread(s) |")
+        lines.append("")
+    lines += ["Methods:", ""] + [f"- `{m}`: {METHODS[m].about}" for m in dict.fromkeys(r["method"] for r in rows)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(records, dataset, path):
+    """Accuracy against queries, mean line and a min-max band over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ours = [r for r in records if r["dataset"] == dataset]
+    for method in dict.fromkeys(r["method"] for r in ours):
+        rs = [r for r in ours if r["method"] == method]
+        if METHODS[method].per_budget:  # one point per budget, from its own runs
+            budgets = sorted({r["budget"] for r in rs})
+            accs = [[r["final_acc"] for r in rs if r["budget"] == b] for b in budgets]
+            ax.errorbar(budgets, [np.mean(a) for a in accs], yerr=[np.std(a) for a in accs],
+                        marker="o", capsize=3, label=method)
+            continue
+        curves = {r["seed"]: r["curve"] for r in rs}.values()  # one curve per seed
+        grid = np.array(sorted({q for c in curves for q, _, _ in c}))
+        ys = np.array([np.interp(grid, [q for q, _, _ in c], [a for _, a, _ in c]) for c in curves])
+        line, = ax.plot(grid, ys.mean(0), label=f"{method} ({len(ys)} seeds)")
+        ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2, color=line.get_color())
+    ax.axhline(ours[0]["teacher_acc"], ls="--", c="k", label=f"teacher ({ours[0]['teacher_acc']:.2f}%)")
+    ax.set(xlabel="teacher queries", ylabel="student test accuracy (%)", title=dataset)
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(args, jobs):
+    records = collect(args, jobs)
+    if not records:
+        tqdm.write("no finished runs to report yet")
+        return []
+    rows = aggregate(records)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "compare.md"), "w") as f:
+        f.write(markdown(rows, args))
+    with open(os.path.join(args.out, "compare.json"), "w") as f:
+        json.dump({"rows": rows, "runs": [{k: v for k, v in r.items() if k != "curve"} for r in records]},
+                  f, indent=1)
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
+        plot(records, dataset, os.path.join(args.out, f"compare_{dataset}.png"))
+    tqdm.write(f"{len(records)} results from {len({r['run'] for r in records})} runs -> {args.out}/compare.md")
+    return rows
+
+
+def main(args):
+    jobs = plan(args)
+    failures = {}
+    if not args.report_only:
+        ensure_teachers(args)
+        start = time.time()
+        failures = run_all(args, jobs)
+        tqdm.write(f"sweep: {len(jobs)} jobs, {len(failures)} failed, {time.time() - start:.0f} s")
+    report(args, jobs)
+    return failures
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main(parse_args()) else 0)

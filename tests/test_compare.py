@@ -1,0 +1,133 @@
+"""benchmarks/compare.py: the sweep over methods x seeds at counted budgets."""
+import json
+import os
+import statistics
+
+import pytest
+import torch
+
+import pretrain
+from test_scripts import load_script, tiny_mnist
+from utils.run import load_checkpoint
+
+compare = load_script("benchmarks/compare.py")
+TINY = "--nz=8 --ngf=4 --g_steps=2"  # after the preset's flags, so these win
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two methods x two seeds on tiny MNIST, two CPU jobs side by side."""
+    root = tmp_path_factory.mktemp("compare")
+    data_dir, save_dir = str(root / "data"), str(root / "runs")
+    tiny_mnist(data_dir)
+    pretrain.main(pretrain.parse_args(["--dataset=mnist", "--net=lenet", "--epochs=2", "--batch_size=32",
+                                       "--lr=0.05", f"--data_dir={data_dir}", f"--save_dir={save_dir}"]))
+    flags = ["--methods=noise,ideal_cpu", "--datasets=mnist", "--seeds=1,2", "--budgets=20,40",
+             "--batch_size=10", "--devices=cpu,cpu", "--threads=1", f"--job_flags={TINY}",
+             f"--save_dir={save_dir}", f"--data_dir={data_dir}", f"--out={root / 'results'}"]
+    args = compare.parse_args(flags)
+    failures = compare.main(args)
+    return {"root": root, "flags": flags, "args": args, "failures": failures,
+            "results": json.load(open(root / "results" / "compare.json"))}
+
+
+def test_sweep_reads_every_budget_off_one_run(sweep):
+    assert sweep["failures"] == {}
+    runs = sweep["results"]["runs"]
+    # 2 methods x 2 seeds, each run once at 40 queries and read at 20 and 40
+    assert sorted((r["method"], r["seed"], r["budget"]) for r in runs) == sorted(
+        (m, s, b) for m in ("noise", "ideal_cpu") for s in (1, 2) for b in (20, 40))
+    assert len({r["run"] for r in runs}) == 4
+    for r in runs:
+        assert r["queries"] == r["budget"]  # one query per sample, B=10: epochs 2 and 4
+        summary = json.load(open(os.path.join(r["run"], "summary.json")))
+        assert summary["method"] == {"noise": "noise", "ideal_cpu": "ideal"}[r["method"]]
+        if r["budget"] == 40:
+            assert r["final_acc"] == summary["final_acc"] and summary["queries"] == 40
+
+
+def test_sweep_aggregates_over_seeds(sweep):
+    runs, rows = sweep["results"]["runs"], sweep["results"]["rows"]
+    assert len(rows) == 4
+    for row in rows:
+        finals = [r["final_acc"] for r in runs if (r["method"], r["budget"]) == (row["method"], row["budget"])]
+        assert row["seeds"] == [1, 2]
+        assert row["final_mean"] == pytest.approx(statistics.mean(finals))
+        assert row["final_std"] == pytest.approx(statistics.stdev(finals))
+    table = open(sweep["root"] / "results" / "compare.md").read()
+    assert "| ideal_cpu | 40 | 40 |" in table and "| noise | 20 | 20 |" in table
+
+
+def test_sweep_figure_has_content(sweep):
+    import matplotlib.image
+    image = matplotlib.image.imread(sweep["root"] / "results" / "compare_mnist.png")
+    assert image.shape[0] > 300 and image.shape[1] > 500
+    assert image[..., :3].std() > 0.05  # lines, text and bands, not a blank canvas
+
+
+def test_sweep_preset_reaches_the_job(sweep):
+    args = json.load(open(os.path.join(sweep["args"].save_dir, "ideal", "mnist-ideal_cpu-s1", "args.json")))
+    assert (args["g_steps"], args["lr_g"], args["ngf"]) == (2, 0.01, 4)  # preset, then TINY on top
+
+
+def test_second_sweep_runs_nothing_and_resumes_the_unfinished(sweep, monkeypatch):
+    args = compare.parse_args(sweep["flags"])
+    ran = []
+    monkeypatch.setattr(compare, "run_job", lambda a, job, device: ran.append(job.name) or (job, None))
+    assert compare.main(args) == {} and ran == []
+    folder = os.path.join(args.save_dir, "ideal", "mnist-noise-s2")
+    os.rename(os.path.join(folder, "summary.json"), os.path.join(folder, "summary.bak"))
+    try:
+        compare.main(args)
+        assert ran == ["mnist-noise-s2"]
+        job = compare.Job("noise", "mnist", 2, 40)
+        assert compare.command(args, job, "cpu")[-1] == "--resume"  # last.pt is there
+    finally:
+        os.rename(os.path.join(folder, "summary.bak"), os.path.join(folder, "summary.json"))
+
+
+def test_parallel_jobs_equal_serial_ones(sweep, tmp_path):
+    """A job's result does not depend on what runs beside it (same thread count)."""
+    flags = [f for f in sweep["flags"] if not f.startswith(("--methods", "--seeds", "--devices", "--out"))]
+    serial = compare.parse_args([*flags, "--methods=ideal_cpu", "--seeds=1", "--devices=cpu",
+                                 f"--out={tmp_path}"])
+    serial.save_dir = str(tmp_path / "runs")
+    os.makedirs(os.path.join(serial.save_dir, "teachers"))
+    teacher = os.path.join(sweep["args"].save_dir, "teachers", "mnist_lenet.pt")
+    os.link(teacher, os.path.join(serial.save_dir, "teachers", "mnist_lenet.pt"))
+    assert compare.main(serial) == {}
+    name = os.path.join("ideal", "mnist-ideal_cpu-s1", "last.pt")
+    a = load_checkpoint(os.path.join(sweep["args"].save_dir, name), "cpu")
+    b = load_checkpoint(os.path.join(serial.save_dir, name), "cpu")
+    assert torch.equal(a["pool"]["images"], b["pool"]["images"])
+    for key in a["student"]:
+        assert torch.equal(a["student"][key], b["student"][key]), key
+
+
+def test_failed_job_is_reported(sweep, tmp_path):
+    flags = [f for f in sweep["flags"] if not f.startswith(("--methods", "--seeds", "--job_flags", "--out"))]
+    args = compare.parse_args([*flags, "--methods=noise", "--seeds=9", "--job_flags=--no_such_flag",
+                               f"--out={tmp_path}"])
+    failures = compare.main(args)
+    assert list(failures) == ["mnist-noise-s9"]
+    assert "exit 2" in failures["mnist-noise-s9"]
+    log = failures["mnist-noise-s9"].split("see ")[1]
+    assert "--no_such_flag" in open(log).read()
+
+
+def test_at_budget_reads_the_last_point_within_it():
+    curve = [(10, 30.0, 1.0), (20, 50.0, 2.0), (30, 40.0, 3.0), (40, 60.0, 4.0)]
+    assert compare.at_budget(curve, 5) is None
+    assert compare.at_budget(curve, 20) == (50.0, 50.0, 20, 2.0)
+    assert compare.at_budget(curve, 35) == (40.0, 50.0, 30, 3.0)  # final 40, best so far 50
+    assert compare.at_budget(curve, 40) == (60.0, 60.0, 40, 4.0)
+
+
+def test_per_budget_method_runs_once_per_budget():
+    args = compare.parse_args(["--methods=dfme,noise", "--datasets=mnist", "--seeds=1,2",
+                               "--budgets=5000,25000"])
+    names = [job.name for job in compare.plan(args)]
+    assert names == ["mnist-dfme-b5000-s1", "mnist-dfme-b25000-s1", "mnist-dfme-b5000-s2",
+                     "mnist-dfme-b25000-s2", "mnist-noise-s1", "mnist-noise-s2"]
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--methods=nope"])
