@@ -10,6 +10,7 @@ real test set (real labels, no query).
 """
 import argparse
 import json
+import math
 import os
 import time
 
@@ -24,13 +25,16 @@ from methods import (PHASES, SYNTHESIZERS, Clock, IdealSynthesizer, NoiseSynthes
 from methods.steps import affordable
 from models import MODELS, Generator, ModelError, build_model
 from models.registry import check_fits
-from utils.augment import KINDS, build_augment, label_safe_augment, reference_augment
+from utils.augment import KINDS, build_augment, reference_augment
 from utils.blackbox import MODES
 from utils.evaluation import evaluate
 from utils.pool import SyntheticPool, to_float
 from utils.report import base_summary, log_test
+from utils.resume import (JournaledTeacher, load_labelled, paid_queries, record_resume, refuse_changes,
+                          save_labelled, saved_settings)
 from utils.run import (UserError, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
                        save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
+from utils.remote import connect_teacher
 from utils.teacher import default_teacher_path, load_blackbox_teacher
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # presets, one JSON each
@@ -64,7 +68,12 @@ def parse_args(argv=None):
     p.add_argument("--query_budget", type=int, default=0, help="cap on teacher queries (0 = no cap)")
     p.add_argument("--relabel_every_epoch", action="store_true",
                    help="reference-code behaviour: re-query the teacher on every augmented pool image every epoch")
-    p.add_argument("--teacher_ckpt", default=None, help="default: SAVE_DIR/teachers/DATASET_NET.pt from pretrain.py")
+    p.add_argument("--teacher_ckpt", default=None, help="default: SAVE_DIR/teachers/DATASET_NET.pt from pretrain.py; "
+                                                        "a torch.export .pt2 or TorchScript file needs --trust_teacher_code")
+    p.add_argument("--trust_teacher_code", action="store_true",
+                   help="allow a .pt2 or TorchScript teacher: loading one can run code the file carries")
+    p.add_argument("--teacher_url", default=None,
+                   help="ask a teacher served by serve_teacher.py instead, with the API key in $IDEAL_TEACHER_KEY")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--data_dir", default="data", help="where the real test set is found (or fetched to)")
     p.add_argument("--save_dir", default="runs", help="run folders go to SAVE_DIR/ideal/EXP_NAME")
@@ -104,13 +113,41 @@ def resolve_args(args):
     if args.distill_aug == "auto":
         spec = get_spec(args.dataset)
         args.distill_aug = (reference_augment(spec.size, spec.channels) if args.relabel_every_epoch
-                            else label_safe_augment(args.dataset))
-    for name in ("epochs", "batch_size", "pool_batches"):
+                            else spec.label_safe_augment)
+    for name in ("epochs", "batch_size", "pool_batches", "g_steps", "nz", "ngf"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1")
-    if args.g_steps < 1 or args.query_budget < 0 or args.distill_epochs < 0:
-        raise UserError("--g_steps must be >= 1, --query_budget and --distill_epochs >= 0")
+    for name in ("lr", "lr_g"):
+        if not getattr(args, name) > 0:  # `not >` refuses NaN too
+            raise UserError(f"--{name} must be positive")
+    for name in ("momentum", "weight_decay", "query_budget", "distill_epochs"):
+        if not getattr(args, name) >= 0:
+            raise UserError(f"--{name} must be >= 0")
     return args
+
+
+# The settings that make a run what it is. A resume that changed one would mix
+# two runs in one pool, one student or one query count, so it is refused; the
+# length (--epochs, --distill_epochs) and the budget may grow.
+DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", "pool_batches", "seed",
+            "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
+            "relabel_every_epoch", "distill_aug")  # relabel first: it changes distill_aug's auto choice
+
+
+def check_resume(args, saved, epochs_done, queries):
+    """Refuse a command line that would change the run being resumed (one
+    line naming the flag); allow a longer run and any budget not yet spent."""
+    refuse_changes(saved, args, DEFINING)
+    if args.query_budget and args.query_budget < queries:
+        raise UserError(f"--resume: --query_budget={args.query_budget} is below the {queries} queries "
+                        "this run has already spent")
+    for name in ("epochs", "distill_epochs"):
+        if getattr(args, name) < saved.get(name, 0):
+            raise UserError(f"--resume: --{name}={getattr(args, name)} is below this run's {saved[name]}; "
+                            "a resume may make a run longer, not shorter")
+    if epochs_done > saved["epochs"] and args.epochs != saved["epochs"]:
+        raise UserError(f"--resume: --epochs cannot change once the distill-only epochs have begun "
+                        f"(this run has --epochs={saved['epochs']} and has run {epochs_done} epochs)")
 
 
 def build_synthesizer(args, spec, device):
@@ -126,23 +163,33 @@ def build_synthesizer(args, spec, device):
 
 def main(args):
     device = pick_device(args.device)
+    resumed = open_resumed(args, device) if args.resume else None  # a changed run is refused before any work
     seed_everything(args.seed)
     spec = get_spec(args.dataset)
     for net in (args.net, args.student_net):
         check_fits(net, spec.size)
-    teacher, teacher_acc = load_blackbox_teacher(args.teacher_ckpt, args.dataset, args.net,
-                                                 args.bb_mode, args.query_budget, device)
+    teacher, teacher_acc = (
+        connect_teacher(args.teacher_url, (spec.channels, spec.size, spec.size), spec.classes,
+                        args.bb_mode, args.query_budget) if args.teacher_url else
+        load_blackbox_teacher(args.teacher_ckpt, args.dataset, args.net, args.bb_mode, args.query_budget,
+                              device, args.trust_teacher_code))
     test_images, test_labels = (t.to(device) for t in load_split(args.dataset, args.data_dir, train=False))
     student = to_device(build_model(args.student_net, spec.channels, spec.size, spec.classes), device)
     synthesizer = build_synthesizer(args, spec, device)
     optimizer = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     pool = SyntheticPool(args.pool_batches * args.batch_size, labelled=not args.relabel_every_epoch)
-    run_dir = make_run_dir(args.save_dir, "ideal", args.exp_name, args.resume)
+    run_dir = resumed["run_dir"] if resumed else make_run_dir(args.save_dir, "ideal", args.exp_name, resume=False)
+    if args.teacher_url:
+        teacher.bind_run(run_dir)  # the same request ids after --resume: the server bills no batch twice
+    teacher = JournaledTeacher(teacher, run_dir)  # its count survives a kill in the middle of a call
     state = {"epoch": 0, "samples": 0, "best_acc": 0.0, "final_acc": 0.0, "wall_s": 0.0,
              "phase_s": dict.fromkeys(PHASES, 0.0), "budget_hit": False}
-    if args.resume:
-        state = resume(run_dir, device, student, optimizer, pool, teacher)
+    pending = None  # a batch a killed run labelled after its last.pt: used, never asked again
+    if resumed:
+        state, pending = resume(resumed, args, device, student, optimizer, pool, teacher)
+    else:  # resumable from the start: a kill in epoch 1 must not make the run pay again in a new folder
+        save_run(run_dir, vars(args), state, student, optimizer, pool, teacher, is_best=False)
     save_json(vars(args), os.path.join(run_dir, "args.json"))
     writer = SummaryWriter(run_dir)
     augment = build_augment(args.distill_aug)
@@ -154,27 +201,29 @@ def main(args):
     bar = tqdm(range(state["epoch"] + 1, total_epochs + 1), desc="ideal",
                initial=state["epoch"], total=total_epochs)
     for epoch in bar:
-        generating = epoch <= args.epochs and teacher.remaining > 0
+        generating = pending is not None or (epoch <= args.epochs and teacher.remaining > 0)
         if generating:
-            with clock("generate"):
-                x, g_losses = synthesizer.synthesize(student)
-            with clock("label"):  # relabel mode asks later, in distill_relabel
-                images, answers = (affordable(teacher, x), None) if args.relabel_every_epoch \
-                    else label_once(teacher, x)
-            pool.add(images, answers)
-            state["samples"] += len(images)
-            log_generation(writer, epoch, images, answers, g_losses, spec.classes)
-        if teacher.remaining <= 0 and not state["budget_hit"]:
-            state["budget_hit"] = True
-            tqdm.write(f"query budget of {args.query_budget} spent at epoch {epoch}: no more generation; " + (
-                "relabel mode has no cached answers, so the run ends" if args.relabel_every_epoch
-                else "distilling on the pool already labelled"))
+            if pending is not None:
+                set_rng_state(pending["rng"])  # go on exactly as the killed run would have
+            batch = pending or new_batch(args, synthesizer, student, teacher, clock, run_dir, epoch)
+            pending = None
+            pool.add(batch["images"], batch["answers"])
+            state["samples"] += len(batch["images"])
+            log_generation(writer, epoch, batch["images"], batch["answers"], batch["g_losses"], spec.classes)
         if args.relabel_every_epoch and teacher.remaining <= 0 and not generating:
             break  # relabel mode has no cached answers to train on without asking again
         with clock("distill"):
             d_loss, d_agree = (distill_relabel(student, optimizer, pool, augment, args.batch_size, teacher)
                                if args.relabel_every_epoch
                                else distill(student, optimizer, pool, augment, args.batch_size))
+        if not math.isfinite(d_loss):
+            raise UserError(f"the student diverged at epoch {epoch} (distillation loss {d_loss}); "
+                            "start a new run with a lower --lr")
+        if teacher.remaining <= 0 and not state["budget_hit"]:
+            state["budget_hit"] = True
+            tqdm.write(f"query budget of {args.query_budget} spent at epoch {epoch}: " + (
+                "relabel mode has no cached answers, so the run ends after this epoch" if args.relabel_every_epoch
+                else "no more generation; distilling on the pool already labelled"))
         with clock("test"):
             test_loss, test_acc = evaluate(student, test_images, test_labels)
         state.update(epoch=epoch, final_acc=test_acc, wall_s=time.time() - t0)
@@ -183,7 +232,7 @@ def main(args):
         log_epoch(writer, epoch, teacher.queries, clock.totals,
                   {"loss": d_loss, "agreement": d_agree}, test_loss, test_acc)
         bar.set_postfix(acc=f"{test_acc:.2f}", queries=teacher.queries)
-        save_run(run_dir, state, student, optimizer, pool, teacher, is_best)
+        save_run(run_dir, vars(args), state, student, optimizer, pool, teacher, is_best)
     writer.close()
     summary = make_summary(args, state, teacher, teacher_acc, device)
     save_json(summary, os.path.join(run_dir, "summary.json"))
@@ -192,6 +241,17 @@ def main(args):
           f"teacher queries {summary['queries']:,}, synthetic samples {summary['samples']:,}, "
           f"{summary['wall_s']:.0f}s; summary in {run_dir}/summary.json")
     return summary
+
+
+def new_batch(args, synthesizer, student, teacher, clock, run_dir, epoch):
+    """Generate (zero queries) and label this epoch's batch, and persist it the
+    moment the teacher has answered, before anything else can fail."""
+    with clock("generate"):
+        x, g_losses = synthesizer.synthesize(student)
+    with clock("label"):  # relabel mode asks later, in distill_relabel
+        images, answers = (affordable(teacher, x), None) if args.relabel_every_epoch else label_once(teacher, x)
+        save_labelled(run_dir, epoch, images, answers, g_losses, teacher.queries)
+    return {"images": images, "answers": answers, "g_losses": g_losses}
 
 
 def log_generation(writer, epoch, images, answers, g_losses, classes):
@@ -213,37 +273,68 @@ def log_epoch(writer, epoch, queries, phase_s, distill_stats, test_loss, test_ac
         writer.add_scalar(f"time/{phase}_s", seconds, epoch)
 
 
-def save_run(run_dir, state, student, optimizer, pool, teacher, is_best):
-    """last.pt holds everything a resume needs, the pool included, so no sample
-    already paid for is ever asked again. best.pt is the student with the
-    highest test accuracy so far (selected on the test set, as the paper
-    reports; final_acc is the unselected figure)."""
-    ckpt = {"student": student.state_dict(), "optimizer": optimizer.state_dict(),
-            "pool": pool.state_dict(), "queries": teacher.queries, "rng": rng_state(), **state}
-    save_checkpoint(ckpt, os.path.join(run_dir, "last.pt"))
+def save_run(run_dir, config, state, student, optimizer, pool, teacher, is_best):
+    """last.pt holds everything a resume needs, the pool and the run's settings
+    included, so no sample already paid for is ever asked again. best.pt is the
+    student with the highest test accuracy so far (selected on the test set, as
+    the paper reports; final_acc is the unselected figure). best.pt is written
+    first: a kill between the two leaves it ahead of last.pt, never behind, and
+    a resume takes best_acc from it."""
     if is_best:
         save_checkpoint({"student": student.state_dict(), "epoch": state["epoch"],
                          "test_acc": state["final_acc"]}, os.path.join(run_dir, "best.pt"))
+    ckpt = {"student": student.state_dict(), "optimizer": optimizer.state_dict(), "config": config,
+            "pool": pool.state_dict(), "queries": teacher.queries, "rng": rng_state(), **state}
+    save_checkpoint(ckpt, os.path.join(run_dir, "last.pt"))
 
 
-def resume(run_dir, device, student, optimizer, pool, teacher):
+def open_resumed(args, device):
+    """The run folder and last.pt of the run to resume, once the command line
+    is found to be the same run. The count is the larger of last.pt's and the
+    write-ahead one's."""
+    run_dir = make_run_dir(args.save_dir, "ideal", args.exp_name, resume=True)
     ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"), device)
+    saved = saved_settings(ckpt, run_dir)
+    queries = max(ckpt.pop("queries"), paid_queries(run_dir))
+    check_resume(args, saved, ckpt["epoch"], queries)
+    return {"run_dir": run_dir, "ckpt": ckpt, "saved": saved, "queries": queries}
+
+
+def resume(resumed, args, device, student, optimizer, pool, teacher):
+    """Restore the run opened by open_resumed and record the resume.
+    Returns (state, the batch labelled after last.pt, or None)."""
+    run_dir, ckpt, queries = resumed["run_dir"], resumed["ckpt"], resumed["queries"]
     student.load_state_dict(ckpt.pop("student"))
     optimizer.load_state_dict(ckpt.pop("optimizer"))
     pool.load_state_dict(ckpt.pop("pool"))
     set_rng_state(ckpt.pop("rng"))
-    teacher.queries = ckpt.pop("queries")  # paid for by the interrupted run
-    return ckpt
+    ckpt.pop("config", None)
+    pending = load_labelled(run_dir, ckpt["epoch"] + 1, device)
+    teacher.queries = max(queries, pending["queries"] if pending else 0)  # the write-ahead count covers it
+    ckpt["budget_hit"] = ckpt["budget_hit"] and teacher.remaining <= 0  # a larger budget reopens generation
+    best = os.path.join(run_dir, "best.pt")
+    if os.path.isfile(best):  # written before last.pt: never behind it
+        ckpt["best_acc"] = load_checkpoint(best, device)["test_acc"]
+    record_resume(run_dir, resumed["saved"], args, from_epoch=ckpt["epoch"], queries=teacher.queries)
+    return ckpt, pending
+
+
+def reference_code_queries(epochs, distill_epochs, batch_size, pool_batches):
+    """What the reference code's re-querying spends on these settings: every
+    epoch asks once per pool image, and the pool grows by a batch per generation
+    epoch up to pool_batches (B*E*(E+1)/2 while E <= pool_batches)."""
+    generation = sum(batch_size * min(e, pool_batches) for e in range(1, epochs + 1))
+    return generation + distill_epochs * batch_size * min(epochs, pool_batches)
 
 
 def make_summary(args, state, teacher, teacher_acc, device):
-    e, b = args.epochs, args.batch_size
     return {
         **base_summary(args.method, args, state, teacher.queries, teacher_acc, device),
         "epochs": args.epochs, "distill_epochs": args.distill_epochs,
-        "batch_size": b, "g_steps": args.g_steps, "ngf": args.ngf,
+        "batch_size": args.batch_size, "g_steps": args.g_steps, "ngf": args.ngf,
         "relabel_every_epoch": args.relabel_every_epoch, "distill_aug": args.distill_aug,
-        "reference_code_queries": b * e * (e + 1) // 2,
+        "reference_code_queries": reference_code_queries(args.epochs, args.distill_epochs,
+                                                         args.batch_size, args.pool_batches),
         "phase_s": {k: round(v, 1) for k, v in state["phase_s"].items()},
     }
 

@@ -6,7 +6,8 @@ Recipe (documented in the README): SGD with Nesterov momentum and weight decay,
 a one-cycle learning-rate schedule over the whole run, and label-safe augmentation. The
 reference used plain SGD at lr 0.1 with no schedule; this reaches a better
 teacher in far fewer epochs. The final model is the teacher: nothing is
-selected on the test set.
+selected on the test set. An existing teacher file is replaced only by a
+teacher at least as good, or with --overwrite.
 """
 import argparse
 import math
@@ -15,17 +16,26 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.optim import lr_scheduler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from datasets import DATASETS, DatasetError, get_spec, load_split
 from models import MODELS, ModelError, build_model
-from utils.augment import KINDS, build_augment, label_safe_augment
+from utils.augment import KINDS, build_augment
 from utils.evaluation import evaluate
 from utils.pool import to_float
-from utils.run import (load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
-                       save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
+from utils.resume import record_resume, refuse_changes, saved_settings
+from utils.run import (UserError, load_checkpoint, make_run_dir, pick_device, removed_unless_started, rng_state,
+                       run_cli, save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
 from utils.teacher import default_teacher_path, save_teacher
+
+WARMUP = 0.15  # fraction of steps spent warming up; measured: 99.17% after 2 MNIST epochs
+START_DIV = 25  # warm-up starts at lr / 25
+# What a resume may not change: the schedule spans the whole run, so with it
+# --epochs defines the run too (see check_resume).
+DEFINING = ("dataset", "net", "batch_size", "lr", "momentum", "weight_decay", "nesterov", "schedule",
+            "augment", "seed")
 
 
 def parse_args(argv=None):
@@ -36,13 +46,15 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate")
     p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                   help="Nesterov momentum (the reference: --no-nesterov)")
     p.add_argument("--weight_decay", type=float, default=5e-4)
     p.add_argument("--schedule", default="onecycle", choices=["onecycle", "none"],
                    help="onecycle: linear warm-up over the first 15%% of steps from lr/25, then cosine "
-                        "decay to 0 (Nesterov momentum); none: constant lr, plain momentum, as in the reference")
+                        "decay to 0; none: constant lr, as in the reference")
     p.add_argument("--augment", default="auto", choices=["auto", *KINDS],
-                   help="training augmentation; auto = none for grey 28x28 data, else crop plus "
-                        "flip where a mirror keeps the class")
+                   help="training augmentation; auto = none for grey 28x28 data, else the dataset's label-safe "
+                        "policy (datasets/registry.py): crop, plus flip where a mirror keeps the class")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--data_dir", default="data", help="where datasets are found (or fetched to)")
     p.add_argument("--save_dir", default="runs", help="run folders go to SAVE_DIR/pretrain/EXP_NAME")
@@ -50,14 +62,30 @@ def parse_args(argv=None):
     p.add_argument("--teacher_ckpt", default=None,
                    help="where to write the teacher (default: SAVE_DIR/teachers/DATASET_NET.pt, "
                         "which is where ideal.py looks)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the teacher at --teacher_ckpt even if the new one is worse")
     p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue the run in SAVE_DIR/pretrain/EXP_NAME")
-    args = p.parse_args(argv)
+    return resolve_args(p.parse_args(argv))
+
+
+def resolve_args(args):
+    """Fill the defaults that depend on other flags; reject impossible settings."""
     args.exp_name = args.exp_name or f"{args.dataset}_{args.net}"
     args.teacher_ckpt = args.teacher_ckpt or default_teacher_path(args.save_dir, args.dataset, args.net)
     if args.augment == "auto":
         spec = get_spec(args.dataset)
-        args.augment = "none" if spec.channels == 1 else label_safe_augment(args.dataset)
+        args.augment = "none" if spec.channels == 1 else spec.label_safe_augment
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1")
+    if not args.lr > 0:  # `not >` refuses NaN too
+        raise UserError("--lr must be positive")
+    for name in ("momentum", "weight_decay"):
+        if not getattr(args, name) >= 0:
+            raise UserError(f"--{name} must be >= 0")
+    if args.nesterov and args.momentum == 0:
+        raise UserError("--nesterov needs --momentum above 0; add --no-nesterov")
     return args
 
 
@@ -77,52 +105,91 @@ def train(args, model, device, data, optimizer, scheduler, augment, epoch):
     return total / steps
 
 
-WARMUP = 0.15  # fraction of steps spent warming up; measured: 99.17% after 2 MNIST epochs
-START_DIV = 25  # warm-up starts at lr / 25
-
-
-def lr_factor(step: int, total: int) -> float:
-    """One-cycle multiplier of the peak lr at `step` of `total`."""
-    warm = max(1, int(WARMUP * total))
-    if step < warm:
-        return 1 / START_DIV + (1 - 1 / START_DIV) * step / warm
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-
 def build_scheduler(args, optimizer, steps_per_epoch):
-    total = max(1, args.epochs * steps_per_epoch)
+    """onecycle: torch's LinearLR from lr/START_DIV up to lr over the first
+    WARMUP of all steps, then CosineAnnealingLR down to 0 at the last step;
+    none: a constant lr."""
     if args.schedule == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total))
+        return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    total = args.epochs * steps_per_epoch
+    warm = max(1, int(WARMUP * total))
+    return lr_scheduler.SequentialLR(optimizer, [
+        lr_scheduler.LinearLR(optimizer, start_factor=1 / START_DIV, end_factor=1.0, total_iters=warm),
+        lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warm), eta_min=0.0),
+    ], milestones=[warm])
+
+
+def check_resume(args, saved):
+    """Refuse a command line that would change the run being resumed."""
+    refuse_changes(saved, args, DEFINING + (("epochs",) if args.schedule == "onecycle" else ()))
+    if args.epochs < saved["epochs"]:
+        raise UserError(f"--resume: --epochs={args.epochs} is below this run's {saved['epochs']}")
+
+
+def teacher_to_beat(args):
+    """Test accuracy of the teacher already at --teacher_ckpt (None: nothing
+    there, or --overwrite). Read before training, so a refusal costs nothing."""
+    if args.overwrite or not os.path.exists(args.teacher_ckpt):
+        return None
+    try:
+        ckpt = load_checkpoint(args.teacher_ckpt, "cpu")
+    except UserError as err:
+        raise UserError(f"{err}; pass --overwrite to replace it, or choose another --teacher_ckpt") from None
+    if "test_acc" not in ckpt:
+        raise UserError(f"{args.teacher_ckpt} is not a teacher of pretrain.py; pass --overwrite to replace it, "
+                        "or choose another --teacher_ckpt")
+    return ckpt["test_acc"]
+
+
+def save_unless_worse(args, model, spec, test_acc, to_beat, run_dir):
+    """Write the teacher to --teacher_ckpt unless the one there is better; then
+    it goes to RUN_DIR/teacher.pt instead. Returns where it went."""
+    path = args.teacher_ckpt
+    if to_beat is not None and not test_acc >= to_beat:  # a NaN accuracy never wins
+        path = os.path.join(run_dir, "teacher.pt")
+        tqdm.write(f"kept the better teacher at {args.teacher_ckpt} ({to_beat:.2f}% against {test_acc:.2f}%); "
+                   f"the new one is in {path} (--overwrite replaces it)")
+    save_teacher(model, path, args.dataset, args.net, (spec.channels, spec.size, spec.classes), test_acc)
+    return path
 
 
 def main(args):
     device = pick_device(args.device)
     seed_everything(args.seed)
     spec = get_spec(args.dataset)
+    to_beat = teacher_to_beat(args)
     model = to_device(build_model(args.net, spec.channels, spec.size, spec.classes), device)
     train_data = [t.to(device) for t in load_split(args.dataset, args.data_dir, train=True)]
     test_data = [t.to(device) for t in load_split(args.dataset, args.data_dir, train=False)]
     run_dir = make_run_dir(args.save_dir, "pretrain", args.exp_name, args.resume)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=args.schedule == "onecycle")
-    scheduler = build_scheduler(args, optimizer, math.ceil(train_data[1].shape[0] / args.batch_size))
-    start_epoch, wall_before = 1, 0.0
-    if args.resume:
-        state = load_checkpoint(os.path.join(run_dir, "last.pt"), device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start_epoch, wall_before = state["epoch"] + 1, state["wall_s"]
-    save_json(vars(args), os.path.join(run_dir, "args.json"))
+    with removed_unless_started(run_dir):
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay, nesterov=args.nesterov)
+        scheduler = build_scheduler(args, optimizer, math.ceil(train_data[1].shape[0] / args.batch_size))
+        state = {"epoch": 0, "wall_s": 0.0, "test_acc": float("nan"), "train_loss": float("nan")}
+        if args.resume:
+            state = resume(run_dir, args, device, model, optimizer, scheduler)
+        save_json(vars(args), os.path.join(run_dir, "args.json"))
+        state = fit(args, run_dir, device, model, (train_data, test_data), optimizer, scheduler, state)
+    teacher_ckpt = save_unless_worse(args, model, spec, state["test_acc"], to_beat, run_dir)
+    summary = {"dataset": args.dataset, "net": args.net, "epochs": args.epochs, "test_acc": state["test_acc"],
+               "train_loss": state["train_loss"], "wall_s": round(state["wall_s"], 1),
+               "device": str(device), "threads": torch.get_num_threads(), "teacher_ckpt": teacher_ckpt}
+    save_json(summary, os.path.join(run_dir, "summary.json"))
+    print(f"teacher {args.net} on {args.dataset}: test accuracy {state['test_acc']:.2f}% -> {teacher_ckpt}")
+    return summary
+
+
+def fit(args, run_dir, device, model, data, optimizer, scheduler, state):
+    """The epochs from state["epoch"] + 1 to --epochs, each logged and
+    checkpointed to last.pt; returns the final state."""
+    (train_data, test_data), augment = data, build_augment(args.augment)
     writer = SummaryWriter(run_dir)
-    augment = build_augment(args.augment)
     print(f"pretrain {args.net} on {args.dataset} ({train_data[1].shape[0]} images) "
           f"on {device}; run folder {run_dir}")
-    t0 = time.time() - wall_before
-    test_acc, train_loss = float("nan"), float("nan")
-    for epoch in tqdm(range(start_epoch, args.epochs + 1), desc="pretrain", initial=start_epoch - 1, total=args.epochs):
+    t0 = time.time() - state["wall_s"]
+    for epoch in tqdm(range(state["epoch"] + 1, args.epochs + 1), desc="pretrain",
+                      initial=state["epoch"], total=args.epochs):
         train_loss = train(args, model, device, train_data, optimizer, scheduler, augment, epoch)
         test_loss, test_acc = evaluate(model, *test_data)
         writer.add_scalar("train/loss", train_loss, epoch)
@@ -130,18 +197,27 @@ def main(args):
         writer.add_scalar("test/loss", test_loss, epoch)
         writer.add_scalar("test/acc", test_acc, epoch)
         tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}, test acc {test_acc:.2f}%")
+        state = {"epoch": epoch, "wall_s": time.time() - t0, "test_acc": test_acc, "train_loss": train_loss}
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                         "epoch": epoch, "wall_s": time.time() - t0}, os.path.join(run_dir, "last.pt"))
+                         "scheduler": scheduler.state_dict(), "rng": rng_state(), "config": vars(args),
+                         **state}, os.path.join(run_dir, "last.pt"))
     writer.close()
-    save_teacher(model, args.teacher_ckpt, args.dataset, args.net,
-                 (spec.channels, spec.size, spec.classes), test_acc)
-    summary = {"dataset": args.dataset, "net": args.net, "epochs": args.epochs, "test_acc": test_acc,
-               "train_loss": train_loss, "wall_s": round(time.time() - t0, 1),
-               "device": str(device), "teacher_ckpt": args.teacher_ckpt}
-    save_json(summary, os.path.join(run_dir, "summary.json"))
-    print(f"teacher {args.net} on {args.dataset}: test accuracy {test_acc:.2f}% -> {args.teacher_ckpt}")
-    return summary
+    return state
+
+
+def resume(run_dir, args, device, model, optimizer, scheduler):
+    """Restore model, optimizer, schedule and RNG from last.pt, once the command
+    line is found to be the same run; returns the state it was saved with."""
+    ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"), device)
+    saved = saved_settings(ckpt, run_dir)
+    check_resume(args, saved)
+    model.load_state_dict(ckpt.pop("model"))
+    optimizer.load_state_dict(ckpt.pop("optimizer"))
+    scheduler.load_state_dict(ckpt.pop("scheduler"))
+    set_rng_state(ckpt.pop("rng"))
+    record_resume(run_dir, saved, args, from_epoch=ckpt["epoch"])
+    return {"epoch": ckpt["epoch"], "wall_s": ckpt["wall_s"], "test_acc": ckpt.get("test_acc", float("nan")),
+            "train_loss": ckpt.get("train_loss", float("nan"))}
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets import get_spec  # noqa: E402
 from methods import IdealSynthesizer, distill, frozen, sync  # noqa: E402
 from models import Generator, build_model  # noqa: E402
-from utils.augment import build_augment, label_safe_augment  # noqa: E402
+from utils.augment import build_augment  # noqa: E402
 from utils.blackbox import BlackBoxTeacher  # noqa: E402
 from utils.pool import SyntheticPool, to_float, to_uint8  # noqa: E402
 from utils.run import pick_device, to_device  # noqa: E402
@@ -104,7 +105,7 @@ def measure(args, device):
     label, = best_times([lambda: teacher(to_float(x))], args.repeats, device)
     rows.append(("label a batch", b / label, None))
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    augment = build_augment(label_safe_augment(args.dataset))
+    augment = build_augment(get_spec(args.dataset).label_safe_augment)
     for n in (int(s) for s in args.pool_sizes.split(",")):
         pool = SyntheticPool(n)
         pool.add(to_uint8(torch.rand(n, channels, size, size, device=device)),

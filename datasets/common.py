@@ -1,8 +1,11 @@
-"""Helpers shared by the dataset loaders: the one error type and atomic writes."""
+"""Helpers shared by the dataset loaders and the run bookkeeping: the dataset
+error type and the project's one atomic-write helper."""
 import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+TEMP_PREFIX = ".tmp-"  # every temporary file starts so; a resume deletes those a kill left behind
 
 
 class DatasetError(RuntimeError):
@@ -12,17 +15,43 @@ class DatasetError(RuntimeError):
 
 @contextlib.contextmanager
 def atomic_open(path):
-    """Open a temporary binary file beside `path`; on success rename it onto
-    `path`, on any error delete it. Readers never see a half-written file."""
+    """Open a temporary binary file beside `path`; on success flush it to disk
+    and rename it onto `path`, on any error delete it. A crash at any moment
+    leaves the old file or the new one, never half of one: the rename is atomic
+    within a folder, and the fsync before it keeps a power loss from leaving
+    the new name on data that never reached the disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}-")
     try:
-        with handle:
+        with os.fdopen(fd, "wb") as handle:
             yield handle
-        os.chmod(handle.name, 0o644)  # temp files are created 0600; give a data file's usual mode
-        os.replace(handle.name, path)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; data and runs are meant to be shared
+        os.replace(tmp, path)
     except BaseException:
-        os.unlink(handle.name)
+        os.unlink(tmp)
         raise
+
+
+def remove_temp_files(folder) -> list:
+    """Delete the temporary files that a kill during atomic_open left in
+    `folder`; returns their names."""
+    names = sorted(n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX))
+    for name in names:
+        os.unlink(os.path.join(folder, name))
+    return names
+
+
+def read_with(dataset_class, root, **kwargs):
+    """An instance of one of torchvision's dataset classes, read from `root`
+    with download=False; anything it refuses (its md5 check, a file it cannot
+    parse) becomes a one-line DatasetError."""
+    try:
+        return dataset_class(root=str(root), download=False, **kwargs)
+    except Exception as err:  # a third-party reader: its errors are many and not ours to list
+        reason = (str(err).strip().splitlines() or ["no message"])[0]
+        raise DatasetError(f"torchvision's {dataset_class.__name__} cannot read the files in {root} "
+                           f"({type(err).__name__}: {reason}): they are corrupt or incomplete; "
+                           "delete them and fetch them again") from None

@@ -1,62 +1,55 @@
-"""Loaders for the files torchvision downloads for SVHN, CIFAR-10 and CIFAR-100.
+"""SVHN, CIFAR-10 and CIFAR-100, read by torchvision's own classes
+(download=False) from the files torchvision downloads.
 
-Each returns images (N, 3, 32, 32) uint8 and labels (N,) int64, and raises a
-one-line DatasetError naming the missing file and how to get it.
+Each loader returns images (N, 3, 32, 32) uint8 and labels (N,) int64. A
+missing file gives a one-line DatasetError naming it and how to get it; a file
+torchvision refuses (its md5 check, or one it cannot parse) gives one too.
 """
-import pickle
 from pathlib import Path
 
 import numpy as np
-import scipy.io
+from torchvision.datasets import CIFAR10, CIFAR100, SVHN
 
-from datasets.common import DatasetError
+from datasets.common import DatasetError, read_with
 
 SVHN_FILES = {True: "train_32x32.mat", False: "test_32x32.mat"}
-CIFAR10_FILES = {True: [f"data_batch_{i}" for i in range(1, 6)], False: ["test_batch"]}
-CIFAR100_FILES = {True: ["train"], False: ["test"]}
+# torchvision checks every file of both splits, and the meta file, before it reads either split
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+CIFAR100_FILES = ["train", "test", "meta"]
 
 
 def load_svhn(data_dir, train):
-    """SVHN from `data_dir/svhn/{train,test}_32x32.mat` (MATLAB v5: X is
-    (32, 32, 3, N) uint8, y is (N, 1) with 10 standing for the digit 0)."""
-    path = _require(Path(data_dir) / "svhn" / SVHN_FILES[train],
-                    f"torchvision.datasets.SVHN(root='{Path(data_dir) / 'svhn'}', "
-                    "split='train' and 'test', download=True)")
-    mat = scipy.io.loadmat(path)
-    images = np.transpose(mat["X"], (3, 2, 0, 1))  # (H, W, C, N) -> (N, C, H, W)
-    labels = mat["y"].reshape(-1).astype(np.int64) % 10  # SVHN's label 10 is digit 0
-    return images, labels
+    """SVHN from `data_dir/svhn/{train,test}_32x32.mat`; torchvision maps the
+    label 10 of the digit 0 to 0."""
+    folder = Path(data_dir) / "svhn"
+    _require(folder, [SVHN_FILES[train]],
+             f"torchvision.datasets.SVHN(root='{folder}', split='train' and 'test', download=True)")
+    svhn = read_with(SVHN, folder, split="train" if train else "test")
+    return svhn.data, svhn.labels.astype(np.int64)
 
 
 def load_cifar10(data_dir, train):
     """CIFAR-10 from the python pickles in `data_dir/cifar-10-batches-py`."""
-    folder = Path(data_dir) / "cifar-10-batches-py"
-    return _load_cifar(folder, CIFAR10_FILES[train], b"labels",
-                       f"torchvision.datasets.CIFAR10(root='{data_dir}', download=True)")
+    _require(Path(data_dir) / "cifar-10-batches-py", CIFAR10_FILES,
+             f"torchvision.datasets.CIFAR10(root='{data_dir}', download=True)")
+    return _images_and_labels(read_with(CIFAR10, data_dir, train=train))
 
 
 def load_cifar100(data_dir, train):
-    """CIFAR-100 (fine labels) from the pickles in `data_dir/cifar-100-python`."""
-    folder = Path(data_dir) / "cifar-100-python"
-    return _load_cifar(folder, CIFAR100_FILES[train], b"fine_labels",
-                       f"torchvision.datasets.CIFAR100(root='{data_dir}', download=True)")
+    """CIFAR-100 (its 100 fine labels) from the pickles in `data_dir/cifar-100-python`."""
+    _require(Path(data_dir) / "cifar-100-python", CIFAR100_FILES,
+             f"torchvision.datasets.CIFAR100(root='{data_dir}', download=True)")
+    return _images_and_labels(read_with(CIFAR100, data_dir, train=train))
 
 
-def _load_cifar(folder, names, label_key, how):
-    """Concatenate CIFAR pickles: each a dict with b'data' (N, 3072) uint8,
-    rows laid out channel by channel (CHW), and a list of labels."""
-    images, labels = [], []
+def _images_and_labels(cifar):
+    """torchvision's CIFAR keeps images (N, 32, 32, 3) and a list of labels."""
+    return cifar.data.transpose(0, 3, 1, 2), np.asarray(cifar.targets, np.int64)
+
+
+def _require(folder, names, how):
+    """A DatasetError naming the first of `names` missing from `folder`, and how to get it."""
     for name in names:
-        with open(_require(folder / name, how), "rb") as f:
-            batch = pickle.load(f, encoding="bytes")  # pickled by Python 2
-        images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], np.int64))
-    return np.concatenate(images), np.concatenate(labels)
-
-
-def _require(path, how):
-    """`path` if it is a file, else a DatasetError saying how to make it."""
-    if not path.is_file():
-        raise DatasetError(f"missing {path}: download it on a machine with internet, "
-                           f"e.g. {how}, and copy it there")
-    return path
+        if not (folder / name).is_file():
+            raise DatasetError(f"missing {folder / name}: download it on a machine with internet, "
+                               f"e.g. {how}, and copy it there")

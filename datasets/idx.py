@@ -1,16 +1,21 @@
-"""The IDX format of MNIST and Fashion-MNIST (torchvision's `raw/` layout).
+"""The IDX files of MNIST and Fashion-MNIST (torchvision's `raw/` layout),
+read by torchvision's own MNIST and FashionMNIST classes.
 
-An IDX file is a big-endian header (two zero bytes, a type byte, the number of
-dimensions, then one uint32 per dimension) followed by the raw values. Only the
-unsigned-byte type (0x08) occurs in (Fashion-)MNIST.
+torchvision reads only the uncompressed files, so gzip'd ones (Debian's
+Fashion-MNIST package, a manual download) are unpacked beside them once. An
+IDX file is a big-endian header (two zero bytes, a type byte, the number of
+dimensions, then one uint32 per dimension) followed by the raw values; only
+the unsigned-byte type (0x08) occurs in (Fashion-)MNIST.
 """
 import gzip
+import shutil
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from datasets.common import DatasetError, atomic_open
+from datasets.common import DatasetError, atomic_open, read_with
 
 UBYTE = 0x08
 # split -> (images file, labels file); each may also be stored as NAME.gz
@@ -30,26 +35,32 @@ def find_idx(folder, name):
 
 
 def has_idx_files(folder):
-    """True if all four (Fashion-)MNIST IDX files are in `folder`."""
+    """True if all four (Fashion-)MNIST IDX files are in `folder`, gzip'd or not."""
     return all(find_idx(folder, name) is not None for name in IDX_NAMES)
 
 
-def read_idx(path):
-    """Read an unsigned-byte IDX file (optionally gzip'd) into a uint8 array
-    of the shape stored in its header."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = bytearray(f.read())  # bytearray: writable, so torch can share it
-    zeros, dtype, ndim = struct.unpack_from(">HBB", data)
-    if zeros != 0 or dtype != UBYTE:
-        raise DatasetError(f"{path} is not an unsigned-byte IDX file")
-    shape = struct.unpack_from(f">{ndim}I", data, 4)
-    values = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-    if values.size != np.prod(shape):
-        raise DatasetError(f"{path} is truncated: header says {shape}, "
-                           f"found {values.size} values; delete it and fetch it again")
-    return values.reshape(shape)
+def unpack_idx(source, raw_dir):
+    """Give `raw_dir` the four uncompressed IDX files torchvision reads, from
+    `source` (the same folder or another), unpacking .gz files as needed."""
+    for name in IDX_NAMES:
+        target = Path(raw_dir) / name
+        if target.is_file():
+            continue
+        path = find_idx(source, name)
+        opener = gzip.open if path.suffix == ".gz" else open
+        try:
+            with opener(path, "rb") as src, atomic_open(target) as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError, zlib.error) as err:  # gzip's bad header, bad CRC, cut-off stream
+            raise DatasetError(f"{path} is corrupt or truncated ({type(err).__name__}: {err}); "
+                               "delete it and fetch it again") from None
+
+
+def read_idx_split(dataset_class, data_dir, train):
+    """One split through torchvision's MNIST or FashionMNIST reader, from
+    data_dir/<class name>/raw: images (N, 1, H, W) uint8, labels (N,) int64."""
+    mnist = read_with(dataset_class, data_dir, train=train)
+    return mnist.data.numpy()[:, None], mnist.targets.numpy().astype(np.int64)
 
 
 def write_idx(path, array):
@@ -60,14 +71,3 @@ def write_idx(path, array):
     with atomic_open(path) as f:
         f.write(header)
         f.write(array.tobytes())
-
-
-def read_idx_split(folder, train):
-    """One split from `folder`: images (N, 1, H, W) uint8, labels (N,) int64."""
-    images_name, labels_name = IDX_FILES[train]
-    images = read_idx(find_idx(folder, images_name))
-    labels = read_idx(find_idx(folder, labels_name))
-    if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise DatasetError(f"{folder}: {images_name} has shape {images.shape} "
-                           f"but {labels_name} has shape {labels.shape}")
-    return images[:, None], labels.astype(np.int64)

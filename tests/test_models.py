@@ -60,11 +60,6 @@ def test_a_size_the_net_cannot_take_is_a_model_error(net, size):
     assert f"{size}px" in str(err.value)
 
 
-def test_model_error_is_a_value_error():
-    """The CLIs catch ModelError; callers that only know ValueError still work."""
-    assert issubclass(ModelError, ValueError)
-
-
 def test_mlp_returns_logits_not_probabilities():
     torch.manual_seed(0)
     model = build_model("mlp", 1, 28, 10).eval()

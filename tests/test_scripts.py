@@ -1,6 +1,8 @@
 """End to end: pretrain.py and ideal.py on a tiny MNIST written as real idx files."""
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -45,10 +47,14 @@ def workspace(tmp_path_factory):
     return {"data_dir": data_dir, "save_dir": save_dir, "pretrain": summary}
 
 
+def ideal_argv(ws, *flags):
+    """ideal.py's command line for a tiny run in the workspace."""
+    return ["--dataset=mnist", "--net=lenet", "--nz=8", "--ngf=4", "--g_steps=2", "--batch_size=10",
+            f"--data_dir={ws['data_dir']}", f"--save_dir={ws['save_dir']}", *flags]
+
+
 def run_ideal(ws, *flags):
-    args = ideal.parse_args([
-        "--dataset=mnist", "--net=lenet", "--nz=8", "--ngf=4", "--g_steps=2", "--batch_size=10",
-        f"--data_dir={ws['data_dir']}", f"--save_dir={ws['save_dir']}", *flags])
+    args = ideal.parse_args(ideal_argv(ws, *flags))
     return ideal.main(args), os.path.join(ws["save_dir"], "ideal", args.exp_name)
 
 
@@ -65,13 +71,121 @@ def test_pretrain_writes_run_and_reloadable_teacher(workspace):
     assert teacher(torch.rand(3, 1, 28, 28)).shape == (3,)
 
 
-def test_pretrain_resume_continues_epochs(workspace, tmp_path):
-    flags = ["--dataset=mnist", "--net=mlp", "--batch_size=64", f"--data_dir={workspace['data_dir']}",
-             f"--save_dir={tmp_path}", f"--teacher_ckpt={tmp_path}/t.pt"]
-    pretrain.main(pretrain.parse_args([*flags, "--epochs=1"]))
-    pretrain.main(pretrain.parse_args([*flags, "--epochs=2", "--resume"]))
-    state = load_checkpoint(os.path.join(tmp_path, "pretrain", "mnist_mlp", "last.pt"), "cpu")
-    assert state["epoch"] == 2
+class Killed(BaseException):
+    """Stands in for SIGKILL: no `except Exception` in the code can swallow it."""
+
+
+def pretrain_flags(ws, tmp_path, *flags):
+    return pretrain.parse_args(["--dataset=mnist", "--net=mlp", "--batch_size=64", "--epochs=2",
+                                f"--data_dir={ws['data_dir']}", f"--save_dir={tmp_path}", *flags])
+
+
+def test_pretrain_resume_equals_an_uninterrupted_run(workspace, tmp_path, monkeypatch):
+    """Killed after epoch 1 of 2, then resumed: the teacher is bit for bit the
+    uninterrupted one. Without any one restore line (model, optimizer, schedule,
+    RNG) the weights differ."""
+    straight = pretrain.main(pretrain_flags(workspace, tmp_path, "--exp_name=straight",
+                                            f"--teacher_ckpt={tmp_path}/straight.pt"))
+    real_save = pretrain.save_checkpoint
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if obj["epoch"] == 1:
+            raise Killed
+
+    killed = ["--exp_name=killed", f"--teacher_ckpt={tmp_path}/resumed.pt"]
+    with monkeypatch.context() as m:
+        m.setattr(pretrain, "save_checkpoint", save_then_die)
+        with pytest.raises(Killed):
+            pretrain.main(pretrain_flags(workspace, tmp_path, *killed))
+    resumed = pretrain.main(pretrain_flags(workspace, tmp_path, *killed, "--resume"))
+    assert resumed["test_acc"] == straight["test_acc"]
+    a, b = (load_checkpoint(s["teacher_ckpt"], "cpu")["state_dict"] for s in (straight, resumed))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_pretrain_resume_refuses_a_longer_one_cycle(workspace, tmp_path):
+    """The one-cycle schedule spans the run, so --epochs defines it."""
+    pretrain.main(pretrain_flags(workspace, tmp_path, "--epochs=1", f"--teacher_ckpt={tmp_path}/t.pt"))
+    with pytest.raises(UserError, match="this run has --epochs=1, the command line says --epochs=2"):
+        pretrain.main(pretrain_flags(workspace, tmp_path, f"--teacher_ckpt={tmp_path}/t.pt", "--resume"))
+
+
+def test_pretrain_never_replaces_a_better_teacher(workspace, tmp_path):
+    good = tmp_path / "teacher.pt"
+    shutil.copy(workspace["pretrain"]["teacher_ckpt"], good)
+    good_acc = workspace["pretrain"]["test_acc"]
+    worse = pretrain.main(pretrain_flags(workspace, tmp_path, "--net=lenet", "--epochs=1", "--lr=1e-6",
+                                         f"--teacher_ckpt={good}"))
+    assert worse["test_acc"] < good_acc
+    assert load_checkpoint(str(good), "cpu")["test_acc"] == good_acc  # untouched
+    assert worse["teacher_ckpt"] == os.path.join(tmp_path, "pretrain", "mnist_lenet", "teacher.pt")
+    assert load_checkpoint(worse["teacher_ckpt"], "cpu")["test_acc"] == worse["test_acc"]
+    forced = pretrain.main(pretrain_flags(workspace, tmp_path, "--net=lenet", "--epochs=1", "--lr=1e-6",
+                                          f"--teacher_ckpt={good}", "--overwrite"))
+    assert forced["teacher_ckpt"] == str(good)
+    assert load_checkpoint(str(good), "cpu")["test_acc"] == forced["test_acc"]
+
+
+def test_pretrain_will_not_overwrite_what_is_not_a_teacher(workspace, tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_bytes(b"my notes")
+    with pytest.raises(UserError, match="pass --overwrite to replace it"):
+        pretrain.main(pretrain_flags(workspace, tmp_path, f"--teacher_ckpt={path}"))
+    assert path.read_bytes() == b"my notes"
+    assert not os.path.exists(tmp_path / "pretrain")
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--epochs=0", "--epochs must be at least 1"), ("--batch_size=0", "--batch_size must be at least 1"),
+    ("--lr=-1", "--lr must be positive"), ("--lr=0", "--lr must be positive"),
+    ("--lr=nan", "--lr must be positive"), ("--momentum=-0.1", "--momentum must be >= 0"),
+    ("--weight_decay=-1", "--weight_decay must be >= 0"), ("--momentum=0", "add --no-nesterov")])
+def test_pretrain_refuses_impossible_flags(flag, message):
+    with pytest.raises(UserError, match=message):
+        pretrain.parse_args([flag])
+
+
+def one_cycle_by_hand(step, total, lr):
+    """The one-cycle schedule as a formula: linear from lr/25 to lr over the
+    first 15% of steps, then half a cosine down to 0."""
+    warm = max(1, int(0.15 * total))
+    if step < warm:
+        return lr * (1 / 25 + (1 - 1 / 25) * step / warm)
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_pretrain_schedule_is_the_one_cycle(nesterov):
+    args = pretrain.parse_args(["--epochs=4", "--lr=0.2", *([] if nesterov else ["--no-nesterov"])])
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr,
+                                momentum=args.momentum, nesterov=args.nesterov)
+    scheduler = pretrain.build_scheduler(args, optimizer, steps_per_epoch=25)
+    for step in range(100):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(one_cycle_by_hand(step, 100, 0.2), abs=1e-12)
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert optimizer.param_groups[0]["nesterov"] == nesterov
+    fresh = torch.optim.SGD(model.parameters(), lr=0.2)
+    constant = pretrain.build_scheduler(pretrain.parse_args(["--schedule=none"]), fresh, 25)
+    for _ in range(3):
+        fresh.step()
+        constant.step()
+    assert fresh.param_groups[0]["lr"] == 0.2
+
+
+def test_pretrain_failed_start_leaves_no_run_folder(workspace, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(pretrain, "train", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        pretrain.main(pretrain_flags(workspace, tmp_path, f"--teacher_ckpt={tmp_path}/t.pt"))
+    assert os.listdir(tmp_path / "pretrain") == []
+    assert not os.path.exists(tmp_path / "t.pt")
 
 
 def test_ideal_one_query_per_sample(workspace):
@@ -96,6 +210,26 @@ def test_ideal_relabel_every_epoch_counts_reference_queries(workspace):
     assert pool["answers"] is None and not pool["labelled"]  # no placeholder labels to train on
 
 
+def test_relabel_distill_epochs_count_like_the_reference(workspace):
+    """Each distill-only epoch re-asks the whole pool too, so the reference
+    count is 10 + 20 + 30 for generation plus 2 x 30."""
+    summary, _ = run_ideal(workspace, "--epochs=3", "--distill_epochs=2", "--relabel_every_epoch",
+                           "--exp_name=relabel_distill")
+    assert summary["queries"] == summary["reference_code_queries"] == 60 + 2 * 30
+
+
+def test_reference_code_queries_respect_the_pool_cap():
+    assert ideal.reference_code_queries(100, 0, 250, 400) == 250 * 100 * 101 // 2  # the README's 1,262,500
+    assert ideal.reference_code_queries(5, 1, 10, 3) == 10 * (1 + 2 + 3 + 3 + 3) + 1 * 10 * 3
+
+
+def test_relabel_budget_message_names_the_last_epoch(workspace, capsys):
+    summary, _ = run_ideal(workspace, "--epochs=4", "--query_budget=25", "--relabel_every_epoch",
+                           "--exp_name=relabel_budget_msg")
+    assert summary["epochs_run"] == 2  # 10 asked in epoch 1; 15 of 20 in epoch 2; then no answers left
+    assert f"query budget of 25 spent at epoch {summary['epochs_run']}:" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("method", ["noise", "random_generator"])
 def test_baselines_make_one_query_per_sample(workspace, method):
     summary, run_dir = run_ideal(workspace, "--epochs=3", f"--method={method}", "--query_budget=25",
@@ -115,7 +249,8 @@ def test_only_the_labelling_step_reaches_the_teacher(workspace, monkeypatch):
     callers, real_call = [], BlackBoxTeacher.__call__
 
     def recording_call(self, images):
-        callers.append((inspect.stack()[1].function, images.shape[0]))
+        caller = next(f.function for f in inspect.stack()[1:] if f.function != "__call__")  # past wrappers
+        callers.append((caller, images.shape[0]))
         return real_call(self, images)
 
     monkeypatch.setattr(BlackBoxTeacher, "__call__", recording_call)
@@ -141,6 +276,19 @@ def test_ideal_soft_labels_and_smaller_student(workspace):
     pool = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]
     assert pool["answers"].shape == (25, 10)
     assert torch.allclose(pool["answers"].sum(1), torch.ones(25))
+
+
+def test_same_seed_same_threads_same_run(workspace):
+    """Seeded runs repeat exactly on the same thread count (another count
+    changes the order of float sums, and so the results)."""
+    runs = [run_ideal(workspace, "--epochs=2", f"--exp_name=seeded_{i}") for i in range(2)]
+    timing = {"wall_s", "phase_s"}
+    (a, dir_a), (b, dir_b) = runs
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    last_a, last_b = (load_checkpoint(os.path.join(d, "last.pt"), "cpu") for d in (dir_a, dir_b))
+    assert torch.equal(last_a["pool"]["images"], last_b["pool"]["images"])
+    for key in last_a["student"]:
+        assert torch.equal(last_a["student"][key], last_b["student"][key]), key
 
 
 def test_ideal_resume_matches_uninterrupted_run(workspace):
@@ -199,6 +347,36 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "train_32x32.mat" in no_data.stderr
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("--lr=-0.1", "--lr must be positive"), ("--lr_g=-1e-3", "--lr_g must be positive"),
+    ("--lr=nan", "--lr must be positive"), ("--momentum=-0.9", "--momentum must be >= 0"),
+    ("--weight_decay=-5e-4", "--weight_decay must be >= 0"), ("--ngf=0", "--ngf must be at least 1"),
+    ("--ngf=-4", "--ngf must be at least 1"), ("--nz=0", "--nz must be at least 1"),
+    ("--g_steps=0", "--g_steps must be at least 1"), ("--query_budget=-1", "--query_budget must be >= 0"),
+    ("--distill_epochs=-1", "--distill_epochs must be >= 0")])
+def test_ideal_refuses_impossible_flags(flag, message):
+    with pytest.raises(UserError, match=message):
+        ideal.parse_args([flag])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--device=foo"], "--device foo: not a device; use auto, cpu, cuda or cuda:N"),
+    (["--lr=1e4"], "the generator loss was not finite at any of 2 steps"),  # the student diverged
+])
+def test_ideal_failures_are_user_errors(workspace, flags, message):
+    with pytest.raises(UserError, match=message):
+        run_ideal(workspace, "--epochs=4", "--exp_name=user_error", *flags)
+
+
+def test_diverged_student_is_one_line(workspace):
+    """Without a generator to notice it first (--method=noise), the distillation loss does."""
+    result = cli("ideal.py", *ideal_argv(workspace, "--epochs=4", "--exp_name=diverged", "--lr=1e4",
+                                         "--method=noise"))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line and not line.startswith("ideal:")]  # no bars
+    assert len(lines) == 1 and lines[0].startswith("error: the student diverged at epoch")
+
+
 def load_script(path):
     """Import a script that lives outside any package (scripts/, benchmarks/)."""
     import importlib.util
@@ -218,10 +396,32 @@ def test_query_sweep_epochs_spend_the_budget():
 
 
 def test_make_figs_from_run_folders(workspace, tmp_path, monkeypatch):
-    _, run_dir = run_ideal(workspace, "--epochs=2", "--exp_name=figs")
+    summary, run_dir = run_ideal(workspace, "--epochs=2", "--exp_name=figs")
     figs = load_script("scripts/make_figs.py")
+    _, curves = figs.load_run(run_dir)
+    assert curves["test/acc"] == ([1, 2], [pytest.approx(summary["final_acc"])] * 2)  # the run's own curve
+    assert curves["test_by_queries/acc"][0] == [10, 20]
     monkeypatch.setattr(sys, "argv", ["make_figs.py", "--runs", run_dir, "--out_dir", str(tmp_path)])
     figs.main()
-    for name in ("acc.png", "acc_mnist.png", "synthetic_mnist.png", "pipeline.png"):
-        with open(tmp_path / name, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+    for name, (width, height) in {"acc.png": (1320, 504), "acc_mnist.png": (1320, 504)}.items():
+        pixels = matplotlib.image.imread(tmp_path / name)
+        assert pixels.shape[:2] == (height, width)  # figsize x dpi
+    for name in ("synthetic_mnist.png", "pipeline.png"):
+        pixels = matplotlib.image.imread(tmp_path / name)
+        assert pixels.shape[0] > 100 and pixels.std() > 0.05  # a decodable picture, not a blank page
+
+
+def test_make_figs_keeps_the_newer_of_a_repeated_epoch(tmp_path):
+    """A resume logs the epoch a kill interrupted again, in a second event file."""
+    from torch.utils.tensorboard import SummaryWriter
+    for values in ({1: 10.0, 2: 20.0}, {2: 25.0, 3: 30.0}):  # the killed run, then the resumed one
+        writer = SummaryWriter(str(tmp_path))
+        for step, value in values.items():
+            writer.add_scalar("test/acc", value, step)
+        writer.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    events.Reload()
+    figs = load_script("scripts/make_figs.py")
+    assert figs.newest_per_step(events.Scalars("test/acc")) == ([1, 2, 3], [10.0, 25.0, 30.0])

@@ -1,14 +1,17 @@
 """Run bookkeeping shared by both scripts: device, seeds, run folders, atomic
 writes, and turning user mistakes into one-line errors."""
+import contextlib
 import json
 import os
 import pickle
 import random
+import shutil
 import sys
-import tempfile
 
 import numpy as np
 import torch
+
+from datasets.common import atomic_open, remove_temp_files
 
 
 class UserError(Exception):
@@ -19,9 +22,13 @@ def pick_device(name: str) -> torch.device:
     """'auto' -> CUDA when visible (CUDA_VISIBLE_DEVICES picks which), else CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but no CUDA device is visible; use --device cpu")
-    return torch.device(name)
+    return device
 
 
 def to_device(module, device):
@@ -61,24 +68,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write(path: str, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash
-    leaves either the old file or the new one, never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; runs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(obj, path: str) -> None:
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str, device) -> dict:
@@ -100,16 +92,19 @@ def load_checkpoint(path: str, device) -> dict:
 
 
 def save_json(obj, path: str) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    with atomic_open(path) as f:
+        f.write((json.dumps(obj, indent=2) + "\n").encode())
 
 
 def make_run_dir(save_dir: str, kind: str, exp_name: str, resume: bool) -> str:
     """runs/<kind>/<exp_name>. A new run never reuses a folder (it takes
-    exp_name-2, -3, ...), so no earlier run is overwritten; --resume needs it."""
+    exp_name-2, -3, ...), so no earlier run is overwritten; --resume needs it,
+    and first deletes the temporary files of a write that a kill cut short."""
     base = os.path.join(save_dir, kind, exp_name)
     if resume:
         if not os.path.isfile(os.path.join(base, "last.pt")):
             raise UserError(f"--resume: no run to resume at {base} (no last.pt); check --save_dir/--exp_name")
+        remove_temp_files(base)
         return base
     path, n = base, 1
     while os.path.exists(path):
@@ -126,3 +121,15 @@ def run_cli(entry, errors=()) -> None:
     except (UserError, *errors) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def removed_unless_started(run_dir: str):
+    """Delete a run folder again if the run fails before its first last.pt, so
+    a failed start leaves no empty folder behind (a started run is kept)."""
+    try:
+        yield
+    except BaseException:
+        if not os.path.isfile(os.path.join(run_dir, "last.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise

@@ -1,0 +1,311 @@
+"""Serve one teacher over HTTP: API keys with budgets, a SQLite ledger, and
+answers that only the provider chooses the kind of.
+
+    python serve_teacher.py --model runs/teachers/mnist_lenet.pt --keys keys.json
+    python serve_teacher.py --model teacher.pt2 --trust_teacher_code --mode soft --port 8000
+
+keys.json maps a key id (what the logs and the ledger name) to its secret and
+its budget in images (0 = no cap):
+    {"alice": {"key": "<at least 16 characters>", "budget": 25000}}
+The protocol is in utils/remote.py; ideal.py --teacher_url is its client.
+"""
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import urllib.parse
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Lock
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from utils.blackbox import MODES, BlackBoxTeacher
+from utils.ledger import Ledger
+from utils.pool import to_float
+from utils.remote import NPY, batch_digest, decode_npy, encode_npy
+from utils.run import UserError, pick_device, run_cli
+from utils.teacher import load_teacher
+
+log = logging.getLogger("serve_teacher")
+MIN_KEY_CHARS = 16
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # request and run ids: short, printable, loggable
+NPY_HEADER_BYTES = 4096  # room for a .npy header above the pixels themselves
+DRAIN_LIMIT = 64 << 20  # a refused body up to this size is read to its end before the 400 goes out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Serve one teacher over HTTP, with API keys, budgets and a ledger.")
+    p.add_argument("--model", required=True,
+                   help="a teacher checkpoint from pretrain.py, a torch.export .pt2 program or a TorchScript file")
+    p.add_argument("--trust_teacher_code", action="store_true",
+                   help="allow a .pt2 or TorchScript model: loading one can run code the file carries")
+    p.add_argument("--input_shape", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="image shape the model takes (default: from the file's meta.json or checkpoint)")
+    p.add_argument("--classes", type=int, help="classes the model answers (default: from the file)")
+    p.add_argument("--mode", default="hard", choices=MODES, help="answer top-1 labels or probabilities")
+    p.add_argument("--keys", required=True, help='JSON file: {"KEY_ID": {"key": SECRET, "budget": IMAGES}}')
+    p.add_argument("--ledger", default="ledger.sqlite3", help="SQLite file of queries billed per key")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--max_batch", type=int, default=1024, help="most images in one request")
+    p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:1, ...")
+    return p.parse_args(argv)
+
+
+def load_keys(path: str) -> dict:
+    """keys.json -> {sha256 of the secret: (key id, budget)}. Only hashes are
+    kept, so no secret sits in memory to be logged by mistake."""
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--keys {path}: not a readable JSON file ({type(err).__name__})") from None
+    if not isinstance(table, dict) or not all(valid_key_entry(k, v) for k, v in table.items()):
+        raise UserError(f'--keys {path}: must map each key id (A-Z a-z 0-9 . _ : -) to '
+                        '{"key": "...", "budget": N >= 0}')
+    keys = {}
+    for key_id, entry in table.items():
+        if len(entry["key"]) < MIN_KEY_CHARS:
+            raise UserError(f"--keys {path}: the key of {key_id} is shorter than {MIN_KEY_CHARS} characters; "
+                            "make one with: python -c 'import secrets; print(secrets.token_urlsafe())'")
+        keys[hashlib.sha256(entry["key"].encode()).hexdigest()] = (key_id, entry["budget"])
+    if len(keys) != len(table):
+        raise UserError(f"--keys {path}: two key ids share one secret")
+    return keys
+
+
+def valid_key_entry(key_id, entry) -> bool:
+    return (ID_PATTERN.fullmatch(key_id) is not None and isinstance(entry, dict)
+            and isinstance(entry.get("key"), str) and type(entry.get("budget")) is int and entry["budget"] >= 0)
+
+
+class Reply(NamedTuple):
+    status: int
+    body: bytes
+    headers: dict
+    images: int = 0  # billed by this request (0 for a replay or an error)
+
+
+def error(status: int, message: str, **extra) -> Reply:
+    return Reply(status, json.dumps({"error": message, **extra}).encode(), {"Content-Type": "application/json"})
+
+
+UNAUTHORIZED = error(401, "unknown or missing API key (send Authorization: Bearer KEY)")
+
+
+class TeacherService:
+    """The provider's logic, HTTP aside: who may ask, what a batch must look
+    like, what it costs, and the answer, which leaves only once it is billed."""
+
+    def __init__(self, teacher: BlackBoxTeacher, input_shape: tuple, classes: int, test_acc,
+                 keys: dict, ledger: Ledger, max_batch: int, device):
+        self.teacher, self.input_shape, self.classes, self.test_acc = teacher, tuple(input_shape), classes, test_acc
+        self.keys, self.ledger, self.max_batch, self.device = keys, ledger, max_batch, device
+        self.max_body = max_batch * int(np.prod(input_shape)) + NPY_HEADER_BYTES
+        self._model_lock = Lock()  # one forward pass at a time: it already uses every core
+
+    def authenticate(self, authorization: str):
+        """'Bearer SECRET' -> (key id, budget), or None for a missing or unknown key."""
+        scheme, _, secret = (authorization or "").partition(" ")
+        if scheme != "Bearer" or not secret:
+            return None
+        return self.keys.get(hashlib.sha256(secret.strip().encode()).hexdigest())
+
+    def usage(self, key_id: str, budget: int, run_id: str = None) -> Reply:
+        used = self.ledger.used(key_id)
+        body = {"key_id": key_id, "used": used, "budget": budget or None,
+                "remaining": budget - used if budget else None,
+                "mode": self.teacher.mode, "input_shape": list(self.input_shape), "classes": self.classes,
+                "max_batch": self.max_batch, "test_acc": self.test_acc}
+        if run_id:
+            body.update(run_id=run_id, run_used=self.ledger.used(key_id, run_id))
+        return Reply(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+    def check_batch(self, body: bytes):
+        """The images of a request body, or an error message saying what is wrong."""
+        try:
+            pixels = decode_npy(body)
+        except ValueError:
+            return None, "the body must be a .npy file (numpy.save, allow_pickle=False) of uint8 images"
+        want = f"(N, {', '.join(map(str, self.input_shape))})"
+        if pixels.dtype != np.uint8:
+            return None, f"images must be uint8 (0-255), not {pixels.dtype}"
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != self.input_shape:
+            return None, f"images must have shape {want}, not {tuple(pixels.shape)}"
+        if not 1 <= len(pixels) <= self.max_batch:
+            return None, self.batch_rule(f"this one has {len(pixels)}")
+        return pixels, None
+
+    def batch_rule(self, found: str) -> str:
+        shape = "x".join(map(str, self.input_shape))
+        return f"a batch holds 1 to {self.max_batch} images of {shape} uint8 per request; {found}"
+
+    def predict(self, key_id: str, budget: int, body: bytes, request_id: str, run_id: str) -> Reply:
+        """Check, answer and bill one batch. A request id answered before gets
+        its stored answer back, unbilled."""
+        pixels, problem = self.check_batch(body)
+        if problem:
+            return error(400, problem)
+        n, digest = len(pixels), batch_digest(pixels)
+        charge = self.ledger.lookup(key_id, run_id, request_id, digest)
+        if charge is None:
+            used = self.ledger.used(key_id)
+            if budget and used + n > budget:  # refused before any work is spent on it
+                return self.over_budget(n, budget, used)
+            charge = self.ledger.charge(key_id, run_id, request_id, digest, n, self.answer(pixels), budget)
+        if charge.outcome == "over":
+            return self.over_budget(n, budget, charge.used)
+        if charge.outcome == "conflict":
+            return error(409, f"request id {request_id} was used before for other images", images=charge.images)
+        left = budget - charge.used if budget else "unlimited"
+        headers = {"Content-Type": NPY, "X-Queries-Used": charge.used, "X-Queries-Remaining": left,
+                   "X-Run-Queries": charge.run_used, "X-Replayed": int(charge.outcome == "replay")}
+        return Reply(200, charge.answer, headers, n if charge.outcome == "billed" else 0)
+
+    def over_budget(self, n: int, budget: int, used: int) -> Reply:
+        return error(429, f"a batch of {n} images would pass this key's budget: {budget - used} of "
+                          f"{budget} queries left", remaining=budget - used, budget=budget)
+
+    def answer(self, pixels: np.ndarray) -> bytes:
+        """The teacher's answer as .npy bytes, exactly as the local black box
+        answers the same uint8 images (labels int64 or probabilities float32)."""
+        with self._model_lock:
+            answers = self.teacher(to_float(torch.from_numpy(pixels).to(self.device)))
+        return encode_npy(answers.cpu().numpy())
+
+
+class Handler(BaseHTTPRequestHandler):
+    """HTTP around TeacherService: one log line per request, never the key."""
+    protocol_version = "HTTP/1.1"  # keep-alive for clients that reuse a connection
+    timeout = 120  # seconds an idle connection may hold its thread
+    service: TeacherService = None  # set on the subclass that make_server builds
+
+    def do_GET(self):
+        self.handle_request(self.route_get)
+
+    def do_POST(self):
+        self.handle_request(self.route_post)
+
+    def handle_request(self, route):
+        start, who = time.perf_counter(), self.service.authenticate(self.headers.get("Authorization"))
+        try:
+            reply = route(who)
+        except Exception:  # the model or the disk failed: nothing was billed, a retry is safe
+            log.exception("request failed")
+            reply = error(500, "internal error; nothing was billed, try again")
+        log.info("key=%s %s %s status=%d images=%d ms=%.1f", who[0] if who else "-", self.command,
+                 urllib.parse.urlsplit(self.path).path, reply.status, reply.images,
+                 1000 * (time.perf_counter() - start))  # ms: until the answer is ready to send
+        self.send(reply)
+
+    def route_get(self, who) -> Reply:
+        url = urllib.parse.urlsplit(self.path)
+        if not who:
+            return UNAUTHORIZED
+        if url.path != "/v1/usage":
+            return error(404, f"no such endpoint: GET {url.path}")
+        run_id = urllib.parse.parse_qs(url.query).get("run", [None])[0]
+        if run_id is not None and not ID_PATTERN.fullmatch(run_id):
+            return error(400, "run must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        return self.service.usage(*who, run_id)
+
+    def route_post(self, who) -> Reply:
+        length = self.headers.get("Content-Length", "")
+        body = self.read_body(int(length)) if length.isdigit() else None  # read first, whatever the answer
+        if not who:
+            return UNAUTHORIZED
+        if self.path != "/v1/predict":
+            return error(404, f"no such endpoint: POST {self.path}")
+        request_id = self.headers.get("Idempotency-Key") or f"server-{uuid.uuid4().hex}"
+        run_id = self.headers.get("X-Run-Id", "")
+        if not ID_PATTERN.fullmatch(request_id) or (run_id and not ID_PATTERN.fullmatch(run_id)):
+            return error(400, "Idempotency-Key and X-Run-Id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        if not length.isdigit():
+            return error(400, "send the batch as the body, with a Content-Length")
+        if body is None:
+            return error(400, self.service.batch_rule(f"this body has {length} bytes"))
+        return self.service.predict(*who, body, request_id, run_id)
+
+    def read_body(self, length: int):
+        """The request body, or None when it is over the size limit. Even a
+        refused body is read to its end (up to DRAIN_LIMIT), so that the client
+        gets to read the refusal instead of a reset connection."""
+        if length <= self.service.max_body:
+            return self.rfile.read(length)
+        if length > DRAIN_LIMIT:
+            return None  # send() closes the connection after any error
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            length = length - len(chunk) if chunk else 0
+        return None
+
+    def send(self, reply: Reply):
+        if reply.status >= 400:
+            self.close_connection = True  # the request body may be left unread
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, str(value))
+        if reply.status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    def log_request(self, code="-", size="-"):
+        """handle_request logs each request its own way (key id, images, latency)."""
+
+    def log_message(self, format, *args):
+        log.warning(format, *args)  # what the base class still reports: malformed HTTP
+
+
+class TeacherHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True  # a hung connection never keeps the server from exiting
+    request_queue_size = 128  # clients connect at once; the default backlog of 5 would turn them away
+
+
+def make_server(service: TeacherService, host: str, port: int) -> ThreadingHTTPServer:
+    """A threaded HTTP server for `service`; port 0 picks a free port
+    (server.server_address[1] says which). Call serve_forever() to run it."""
+    return TeacherHTTPServer((host, port), type("BoundHandler", (Handler,), {"service": service}))
+
+
+def build_service(args) -> TeacherService:
+    """Load the model and the keys, open the ledger."""
+    if args.max_batch < 1:
+        raise UserError("--max_batch must be at least 1")
+    device = pick_device(args.device)
+    if not os.path.isfile(args.model):
+        raise UserError(f"no model at {args.model}")
+    model, info = load_teacher(args.model, device, args.trust_teacher_code)
+    shape, classes = args.input_shape or info.input_shape, args.classes or info.classes
+    if shape is None or classes is None:
+        raise UserError(f"{args.model} does not say what it takes and answers (no meta.json); "
+                        "pass --input_shape C H W and --classes K")
+    return TeacherService(BlackBoxTeacher(model, mode=args.mode), shape, classes, info.test_acc,
+                          load_keys(args.keys), Ledger(args.ledger), args.max_batch, device)
+
+
+def main(args):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    service = build_service(args)
+    server = make_server(service, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"serving a {service.teacher.mode}-label teacher ({'x'.join(map(str, service.input_shape))} -> "
+          f"{service.classes} classes) on http://{host}:{port}/v1/predict; ledger {args.ledger}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        service.ledger.close()
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(parse_args()))

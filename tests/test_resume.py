@@ -1,0 +1,252 @@
+"""Kills and resumes of ideal.py: the teacher's answers are counted exactly
+once, never past the budget, and a resume refuses a changed run.
+
+A kill is simulated by raising `Killed` (a BaseException nothing catches) from
+a patched function at a chosen point of an epoch; one test uses a real SIGKILL.
+The teacher side keeps its own log of every image it answered.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ideal
+from test_scripts import ROOT, run_ideal, workspace  # noqa: F401 (workspace is a fixture)
+from utils.blackbox import BlackBoxTeacher
+from utils.run import UserError, load_checkpoint
+
+FLAGS = ("--epochs=3", "--query_budget=25")  # batches of 10: the third epoch gets 5
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: no `except Exception` in the code can swallow it."""
+
+
+def answered_log(monkeypatch):
+    """Every image the teacher answers, as bytes, in order (the teacher's own books)."""
+    log, real = [], BlackBoxTeacher.__call__
+
+    def logged(self, images):
+        answers = real(self, images)
+        log.extend(image.numpy().tobytes() for image in images)
+        return answers
+
+    monkeypatch.setattr(BlackBoxTeacher, "__call__", logged)
+    return log
+
+
+def kill_on(monkeypatch, owner, name, call, after=False, match=None):
+    """Raise Killed at the `call`-th call of owner.name that `match`es, before
+    the real function runs or (after=True) once it has returned."""
+    real, calls = getattr(owner, name), []
+
+    def wrapper(*args, **kwargs):
+        if match is None or match(*args, **kwargs):
+            calls.append(1)
+        hit = len(calls) == call and (match is None or match(*args, **kwargs))
+        if hit and not after:
+            raise Killed(name)
+        result = real(*args, **kwargs)
+        if hit:
+            raise Killed(name)
+        return result
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+def saving_last(epoch):
+    """Matches the save of last.pt at the end of `epoch`."""
+    return lambda obj, path: path.endswith("last.pt") and obj["epoch"] == epoch
+
+
+# where a kill lands: (owner, function, after it returned, which calls count, the how-manieth)
+# Every function but save_checkpoint runs once per epoch, so call 2 is in epoch 2. The
+# tiny run's accuracy never improves after epoch 1, so best.pt is written in epoch 1 only.
+KILL_POINTS = {
+    "generating": ("IdealSynthesizer", "synthesize", False, None, 2),
+    "answered, not yet saved": ("BlackBoxTeacher", "__call__", True, None, 2),
+    "labelled batch saved": ("ideal", "save_labelled", True, None, 2),
+    "distilling": ("ideal", "distill", False, None, 2),
+    "testing": ("ideal", "evaluate", False, None, 2),
+    "between best.pt and last.pt": ("ideal", "save_checkpoint", False, saving_last(1), 1),
+    "after last.pt": ("ideal", "save_checkpoint", True, saving_last(2), 1),
+}
+
+
+def kill(monkeypatch, point, call=None):
+    from methods import IdealSynthesizer
+    owner, name, after, match, default_call = KILL_POINTS[point]
+    owner = {"IdealSynthesizer": IdealSynthesizer, "BlackBoxTeacher": BlackBoxTeacher, "ideal": ideal}[owner]
+    kill_on(monkeypatch, owner, name, call or default_call, after, match)
+
+
+@pytest.fixture(scope="module")
+def straight(workspace):  # noqa: F811
+    """The uninterrupted run every killed one must end up equal to."""
+    summary, run_dir = run_ideal(workspace, *FLAGS, "--exp_name=straight_kill")
+    return summary, load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")
+
+
+def assert_same_run(run_dir, summary, straight):
+    expected, ckpt = straight
+    assert summary["queries"] == expected["queries"] == 25
+    assert (summary["final_acc"], summary["best_acc"]) == (expected["final_acc"], expected["best_acc"])
+    assert load_checkpoint(os.path.join(run_dir, "best.pt"), "cpu")["test_acc"] == summary["best_acc"]
+    last = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")
+    assert torch.equal(last["pool"]["images"], ckpt["pool"]["images"])
+    assert torch.equal(last["pool"]["answers"], ckpt["pool"]["answers"])
+    for key in ckpt["student"]:
+        assert torch.equal(last["student"][key], ckpt["student"][key]), key
+
+
+def exp_name(text):
+    return "--exp_name=kill_" + "".join(c if c.isalnum() else "_" for c in text)
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_kill_anywhere_pays_each_image_once(workspace, straight, monkeypatch, point):  # noqa: F811
+    log = answered_log(monkeypatch)
+    with monkeypatch.context() as m:
+        kill(m, point)
+        with pytest.raises(Killed):
+            run_ideal(workspace, *FLAGS, exp_name(point))
+    summary, run_dir = run_ideal(workspace, *FLAGS, exp_name(point), "--resume")
+    assert summary["queries"] == len(log) <= 25  # counted exactly once, never past the budget
+    repeated = len(log) - len(set(log))
+    if point == "answered, not yet saved":
+        # the one window that costs: answers lost before they were stored are asked
+        # again on resume; both askings are counted, and the budget still holds
+        assert 0 < repeated <= 10
+    else:
+        assert repeated == 0
+        assert_same_run(run_dir, summary, straight)
+
+
+def test_many_kills_in_a_row(workspace, straight, monkeypatch):  # noqa: F811
+    """A kill at a different point in each of five runs; the sixth finishes."""
+    log = answered_log(monkeypatch)
+    kills = [("labelled batch saved", 1), ("distilling", 1), ("testing", 2), ("after last.pt", 1),
+             ("generating", 1)]
+    for i, (point, call) in enumerate(kills):
+        with monkeypatch.context() as m:
+            kill(m, point, call)
+            with pytest.raises(Killed):
+                run_ideal(workspace, *FLAGS, exp_name("many"), *(["--resume"] if i else []))
+    summary, run_dir = run_ideal(workspace, *FLAGS, exp_name("many"), "--resume")
+    assert summary["queries"] == len(log) == len(set(log)) == 25
+    assert_same_run(run_dir, summary, straight)
+    with open(os.path.join(run_dir, "resumes.json")) as f:
+        assert [r["from_epoch"] for r in json.load(f)] == [0, 0, 1, 2, 2]
+
+
+KILL_WHILE_WRITING = """
+import os, signal, sys
+import torch
+sys.path.insert(0, {root!r})
+import ideal
+real_save = torch.save
+
+def save(obj, f, *args, **kwargs):  # SIGKILL half-way through writing last.pt of epoch 2
+    if "pool" in obj and obj["epoch"] == 2:  # only last.pt holds the pool
+        f.write(b"half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = save
+ideal.main(ideal.parse_args(sys.argv[1:]))
+"""
+
+
+def test_sigkill_while_writing_then_resume(workspace, straight, tmp_path):  # noqa: F811
+    """A real SIGKILL in the middle of writing last.pt leaves its temporary file;
+    the resume deletes it and ends where the uninterrupted run did."""
+    from test_scripts import ideal_argv
+    driver = tmp_path / "driver.py"
+    driver.write_text(KILL_WHILE_WRITING.format(root=ROOT))
+    argv = ideal_argv(workspace, *FLAGS, exp_name("sigkill"))
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same numbers as in-process
+    killed = subprocess.run([sys.executable, str(driver), *argv], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    run_dir = os.path.join(workspace["save_dir"], "ideal", "kill_sigkill")
+    assert any(name.startswith(".tmp-last.pt") for name in os.listdir(run_dir))
+    summary, _ = run_ideal(workspace, *FLAGS, exp_name("sigkill"), "--resume")
+    assert not any(name.startswith(".tmp-") for name in os.listdir(run_dir))
+    assert_same_run(run_dir, summary, straight)
+
+
+# ---------------------------------------------------------------- what a resume refuses
+
+CHANGED = {"dataset": "fmnist", "net": "mlp", "student_net": "mlp", "method": "noise", "bb_mode": "soft",
+           "batch_size": 20, "pool_batches": 5, "seed": 1, "nz": 16, "ngf": 8, "g_steps": 3, "lr": 0.02,
+           "lr_g": 0.002, "momentum": 0.5, "weight_decay": 0.001, "lambda_info": 1.0,
+           "relabel_every_epoch": True, "distill_aug": "flip"}
+
+
+@pytest.fixture(scope="module")
+def two_epochs(workspace):  # noqa: F811
+    """A finished 2-epoch run to resume (20 queries spent)."""
+    run_ideal(workspace, "--epochs=2", exp_name("refuse"))
+    return workspace
+
+
+def test_every_defining_flag_is_tested():
+    assert set(CHANGED) == set(ideal.DEFINING)
+
+
+@pytest.mark.parametrize("flag", CHANGED)
+def test_resume_refuses_a_changed_setting(two_epochs, flag):
+    value = CHANGED[flag]
+    given = f"--{flag}" if value is True else f"--{flag}={value}"
+    with pytest.raises(UserError) as err:
+        run_ideal(two_epochs, "--epochs=2", exp_name("refuse"), given, "--resume")
+    assert str(err.value).startswith(f"--resume: this run has --{flag}=")
+    assert f"the command line says --{flag}=" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs=2", "--query_budget=15"], "--query_budget=15 is below the 20 queries"),
+    (["--epochs=1"], "--epochs=1 is below this run's 2"),
+])
+def test_resume_refuses_less_than_was_spent(two_epochs, flags, message):
+    with pytest.raises(UserError, match=message):
+        run_ideal(two_epochs, *flags, exp_name("refuse"), "--resume")
+
+
+def test_resume_refuses_before_any_query(two_epochs, monkeypatch):
+    """bb_mode used to be noticed only after 50 uncounted queries."""
+    log = answered_log(monkeypatch)
+    with pytest.raises(UserError, match="--bb_mode"):
+        run_ideal(two_epochs, "--epochs=3", exp_name("refuse"), "--bb_mode=soft", "--resume")
+    assert log == []
+
+
+def test_resume_may_extend_and_records_it(workspace):  # noqa: F811
+    run_ideal(workspace, "--epochs=2", "--query_budget=15", exp_name("extend"))
+    summary, run_dir = run_ideal(workspace, "--epochs=3", "--query_budget=30", "--distill_epochs=1",
+                                 exp_name("extend"), "--resume")
+    assert (summary["queries"], summary["samples"], summary["epochs_run"]) == (25, 25, 4)  # 10 + 5, then 10
+    with open(os.path.join(run_dir, "resumes.json")) as f:
+        (record,) = json.load(f)
+    assert record["from_epoch"] == 2 and record["queries"] == 15
+    assert record["changed"] == {"epochs": [2, 3], "query_budget": [15, 30], "distill_epochs": [0, 1]}
+    with open(os.path.join(run_dir, "args.json")) as f:
+        settings = json.load(f)
+    assert (settings["epochs"], settings["query_budget"], settings["batch_size"]) == (3, 30, 10)
+    assert load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["config"]["epochs"] == 3
+
+
+def test_best_acc_agrees_with_best_pt_after_a_kill(workspace):  # noqa: F811
+    """best.pt is written before last.pt, so a kill between them leaves it an
+    epoch ahead. Should the replayed epoch score lower (another thread count),
+    the resumed run still reports the accuracy best.pt holds."""
+    from utils.run import save_checkpoint
+    _, run_dir = run_ideal(workspace, "--epochs=1", exp_name("best"))
+    path = os.path.join(run_dir, "best.pt")
+    save_checkpoint({**load_checkpoint(path, "cpu"), "epoch": 2, "test_acc": 55.0}, path)  # the killed epoch 2
+    summary, _ = run_ideal(workspace, "--epochs=2", exp_name("best"), "--resume")
+    assert summary["best_acc"] == load_checkpoint(path, "cpu")["test_acc"] == 55.0

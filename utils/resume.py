@@ -1,0 +1,107 @@
+"""What a resume relies on beyond last.pt: no query that a crash interrupted
+goes uncounted, and a resume never silently changes what the run is.
+
+A query is paid when the teacher answers, but last.pt is written only at the
+end of an epoch. Two small files in the run folder close that gap:
+- queries.json, written before every call to the teacher (write-ahead): the
+  count a resume starts from, so no answer is ever paid for without being counted;
+- labelled.pt, written as soon as a batch is labelled: its images, answers and
+  count, and the RNG state after labelling, so a resume takes up the epoch from
+  there instead of asking the teacher again.
+The settings of the run travel in last.pt (as nanoGPT's config does); a resume
+compares the command line with them, and each resume is recorded in resumes.json.
+"""
+import datetime
+import json
+import os
+
+from utils.run import UserError, load_checkpoint, rng_state, save_checkpoint, save_json
+
+QUERIES_FILE, LABELLED_FILE, RESUMES_FILE = "queries.json", "labelled.pt", "resumes.json"
+
+
+class JournaledTeacher:
+    """A black box whose count is written to the run folder before each call.
+    A kill during the call can then over-count the batch (if the teacher never
+    answered it), but never under-count it."""
+
+    def __init__(self, teacher, run_dir: str):
+        self.teacher, self.path = teacher, os.path.join(run_dir, QUERIES_FILE)
+
+    @property
+    def queries(self) -> int:
+        return self.teacher.queries
+
+    @queries.setter
+    def queries(self, value: int) -> None:
+        self.teacher.queries = value
+
+    @property
+    def remaining(self) -> float:
+        return self.teacher.remaining
+
+    def __getattr__(self, name):  # everything else (mode, budget, ...) is the black box's own
+        return getattr(self.teacher, name)
+
+    def __call__(self, images):
+        if len(images) <= self.teacher.remaining:  # a refused batch is never paid
+            save_json({"queries": self.teacher.queries + len(images)}, self.path)
+        return self.teacher(images)
+
+
+def paid_queries(run_dir: str) -> int:
+    """The write-ahead count of queries.json (0 if the run never asked)."""
+    path = os.path.join(run_dir, QUERIES_FILE)
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        return json.load(f)["queries"]
+
+
+def save_labelled(run_dir: str, epoch: int, images, answers, g_losses, queries: int) -> None:
+    """Persist a batch the moment it is labelled. images (B, C, H, W) uint8;
+    answers (B,) or (B, classes), or None where relabel mode asks later."""
+    save_checkpoint({"epoch": epoch, "images": images, "answers": answers, "g_losses": g_losses,
+                     "queries": queries, "rng": rng_state()}, os.path.join(run_dir, LABELLED_FILE))
+
+
+def load_labelled(run_dir: str, epoch: int, device):
+    """The batch labelled in `epoch` by a run killed before last.pt recorded
+    that epoch; None if there is none (a stale file belongs to an earlier epoch)."""
+    path = os.path.join(run_dir, LABELLED_FILE)
+    if not os.path.isfile(path):
+        return None
+    batch = load_checkpoint(path, device)
+    return batch if batch["epoch"] == epoch else None
+
+
+def saved_settings(ckpt: dict, run_dir: str) -> dict:
+    """The run's settings: from last.pt, or from args.json for a run written
+    before last.pt carried them."""
+    if "config" in ckpt:
+        return ckpt["config"]
+    with open(os.path.join(run_dir, "args.json")) as f:
+        return json.load(f)
+
+
+def refuse_changes(saved: dict, args, defining) -> None:
+    """One line naming the first flag in `defining` whose value differs from the run's."""
+    for key in defining:
+        new = getattr(args, key)
+        if key in saved and saved[key] != new:
+            raise UserError(f"--resume: this run has --{key}={saved[key]}, the command line says "
+                            f"--{key}={new}; a resume cannot change it (see the run's args.json), "
+                            "start a new run instead")
+
+
+def record_resume(run_dir: str, saved: dict, args, **where) -> None:
+    """Append this resume to resumes.json: the time, `where` the run stood
+    (epoch, queries) and the flags it changed, as {flag: [old, new]}."""
+    changed = {k: [saved.get(k), v] for k, v in vars(args).items() if k != "resume" and saved.get(k) != v}
+    path = os.path.join(run_dir, RESUMES_FILE)
+    history = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            history = json.load(f)
+    history.append({"time": datetime.datetime.now().isoformat(timespec="seconds"), **where, "changed": changed})
+    save_json(history, path)
