@@ -14,7 +14,6 @@ import math
 import os
 import time
 
-import torch
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
@@ -23,6 +22,7 @@ from datasets import DATASETS, DatasetError, get_spec, load_split
 from methods import (PHASES, SYNTHESIZERS, Clock, IdealSynthesizer, NoiseSynthesizer,
                      RandomGeneratorSynthesizer, distill, distill_relabel, label_once)
 from methods.steps import affordable
+from methods.student import SCHEDULES, Learner
 from models import MODELS, Generator, ModelError, build_model
 from models.registry import check_fits
 from utils.augment import KINDS, build_augment, reference_augment
@@ -32,7 +32,7 @@ from utils.pool import SyntheticPool, to_float
 from utils.report import base_summary, log_test
 from utils.resume import (JournaledTeacher, load_labelled, paid_queries, record_resume, refuse_changes,
                           save_labelled, saved_settings)
-from utils.run import (UserError, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
+from utils.run import (UserError, amp_autocast, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
                        save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
 from utils.remote import connect_teacher
 from utils.teacher import default_teacher_path, load_blackbox_teacher
@@ -61,6 +61,12 @@ def parse_args(argv=None):
     p.add_argument("--pool_batches", type=int, default=400, help="pool keeps the newest N*batch_size samples")
     p.add_argument("--distill_epochs", type=int, default=0,
                    help="extra distillation-only epochs on the cached pool after the last generation epoch (no queries)")
+    p.add_argument("--lr_schedule", default="constant", choices=SCHEDULES,
+                   help="student learning rate over the run: constant (the reference) or cosine to zero "
+                        "at the last epoch, distill-only epochs included")
+    p.add_argument("--ema_decay", type=float, default=0.0,
+                   help="test and report an exponential moving average of the student's weights, updated "
+                        "every SGD step with this decay (0 = off, the reference)")
     p.add_argument("--distill_aug", default="auto", choices=["auto", *KINDS],
                    help="distillation augmentation; auto = label-safe under cached labels "
                         "(crop; flip too where a mirror keeps the class), the reference's with --relabel_every_epoch")
@@ -79,6 +85,8 @@ def parse_args(argv=None):
     p.add_argument("--save_dir", default="runs", help="run folders go to SAVE_DIR/ideal/EXP_NAME")
     p.add_argument("--exp_name", default=None, help="run folder name (default: DATASET_NET_STUDENT)")
     p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for the generator, student and teacher forward passes (CUDA only)")
     p.add_argument("--resume", action="store_true", help="continue the run in SAVE_DIR/ideal/EXP_NAME")
     p.add_argument("--preset", default=None,
                    help="take defaults from configs/PRESET.json (cpu: the README's CPU preset); "
@@ -120,6 +128,8 @@ def resolve_args(args):
     for name in ("lr", "lr_g"):
         if not getattr(args, name) > 0:  # `not >` refuses NaN too
             raise UserError(f"--{name} must be positive")
+    if not 0 <= args.ema_decay < 1:
+        raise UserError("--ema_decay must be in [0, 1) (0 = no average)")
     for name in ("momentum", "weight_decay", "query_budget", "distill_epochs"):
         if not getattr(args, name) >= 0:
             raise UserError(f"--{name} must be >= 0")
@@ -131,7 +141,8 @@ def resolve_args(args):
 # length (--epochs, --distill_epochs) and the budget may grow.
 DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", "pool_batches", "seed",
             "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
-            "relabel_every_epoch", "distill_aug")  # relabel first: it changes distill_aug's auto choice
+            "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
+            "lr_schedule", "ema_decay")
 
 
 def check_resume(args, saved, epochs_done, queries):
@@ -145,24 +156,30 @@ def check_resume(args, saved, epochs_done, queries):
         if getattr(args, name) < saved.get(name, 0):
             raise UserError(f"--resume: --{name}={getattr(args, name)} is below this run's {saved[name]}; "
                             "a resume may make a run longer, not shorter")
+    if saved.get("lr_schedule", "constant") != "constant" and (
+            (args.epochs, args.distill_epochs) != (saved["epochs"], saved["distill_epochs"])):
+        raise UserError("--resume: --epochs and --distill_epochs cannot change in a run with a learning-rate "
+                        "schedule: it is laid out over the run's original length")
     if epochs_done > saved["epochs"] and args.epochs != saved["epochs"]:
         raise UserError(f"--resume: --epochs cannot change once the distill-only epochs have begun "
                         f"(this run has --epochs={saved['epochs']} and has run {epochs_done} epochs)")
 
 
-def build_synthesizer(args, spec, device):
-    """The zero-query image source of --method (see methods/synthesizers.py)."""
+def build_synthesizer(args, spec, device, autocast):
+    """The zero-query image source of --method (see methods/synthesizers.py),
+    its forward passes under `autocast()`."""
     if args.method == "noise":
         return NoiseSynthesizer(args.batch_size, (spec.channels, spec.size, spec.size), device)
     generator = to_device(Generator(args.nz, args.ngf, spec.channels, spec.size), device)
     if args.method == "random_generator":
-        return RandomGeneratorSynthesizer(generator, args.nz, args.batch_size)
+        return RandomGeneratorSynthesizer(generator, args.nz, args.batch_size, autocast)
     return IdealSynthesizer(generator, args.nz, args.batch_size, spec.classes, args.g_steps,
-                            args.lr_g, args.lambda_info)
+                            args.lr_g, args.lambda_info, autocast=autocast)
 
 
 def main(args):
     device = pick_device(args.device)
+    autocast = amp_autocast(device, args.amp)  # --amp on the CPU is refused before any work
     resumed = open_resumed(args, device) if args.resume else None  # a changed run is refused before any work
     seed_everything(args.seed)
     spec = get_spec(args.dataset)
@@ -172,12 +189,12 @@ def main(args):
         connect_teacher(args.teacher_url, (spec.channels, spec.size, spec.size), spec.classes,
                         args.bb_mode, args.query_budget) if args.teacher_url else
         load_blackbox_teacher(args.teacher_ckpt, args.dataset, args.net, args.bb_mode, args.query_budget,
-                              device, args.trust_teacher_code))
+                              device, args.trust_teacher_code, autocast))
     test_images, test_labels = (t.to(device) for t in load_split(args.dataset, args.data_dir, train=False))
     student = to_device(build_model(args.student_net, spec.channels, spec.size, spec.classes), device)
-    synthesizer = build_synthesizer(args, spec, device)
-    optimizer = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+    synthesizer = build_synthesizer(args, spec, device, autocast)
+    learner = Learner(student, args.lr, args.momentum, args.weight_decay, args.epochs + args.distill_epochs,
+                      args.lr_schedule, args.ema_decay)
     pool = SyntheticPool(args.pool_batches * args.batch_size, labelled=not args.relabel_every_epoch)
     run_dir = resumed["run_dir"] if resumed else make_run_dir(args.save_dir, "ideal", args.exp_name, resume=False)
     if args.teacher_url:
@@ -187,9 +204,9 @@ def main(args):
              "phase_s": dict.fromkeys(PHASES, 0.0), "budget_hit": False}
     pending = None  # a batch a killed run labelled after its last.pt: used, never asked again
     if resumed:
-        state, pending = resume(resumed, args, device, student, optimizer, pool, teacher)
+        state, pending = resume(resumed, args, device, learner, pool, teacher)
     else:  # resumable from the start: a kill in epoch 1 must not make the run pay again in a new folder
-        save_run(run_dir, vars(args), state, student, optimizer, pool, teacher, is_best=False)
+        save_run(run_dir, vars(args), state, learner, pool, teacher, is_best=False)
     save_json(vars(args), os.path.join(run_dir, "args.json"))
     writer = SummaryWriter(run_dir)
     augment = build_augment(args.distill_aug)
@@ -213,9 +230,12 @@ def main(args):
         if args.relabel_every_epoch and teacher.remaining <= 0 and not generating:
             break  # relabel mode has no cached answers to train on without asking again
         with clock("distill"):
-            d_loss, d_agree = (distill_relabel(student, optimizer, pool, augment, args.batch_size, teacher)
-                               if args.relabel_every_epoch
-                               else distill(student, optimizer, pool, augment, args.batch_size))
+            d_loss, d_agree = (
+                distill_relabel(student, learner.optimizer, pool, augment, args.batch_size, teacher,
+                                learner.step_done, autocast) if args.relabel_every_epoch
+                else distill(student, learner.optimizer, pool, augment, args.batch_size, learner.step_done,
+                             autocast))
+            learner.epoch_done()
         if not math.isfinite(d_loss):
             raise UserError(f"the student diverged at epoch {epoch} (distillation loss {d_loss}); "
                             "start a new run with a lower --lr")
@@ -225,14 +245,14 @@ def main(args):
                 "relabel mode has no cached answers, so the run ends after this epoch" if args.relabel_every_epoch
                 else "no more generation; distilling on the pool already labelled"))
         with clock("test"):
-            test_loss, test_acc = evaluate(student, test_images, test_labels)
+            test_loss, test_acc = evaluate(learner.reported, test_images, test_labels)
         state.update(epoch=epoch, final_acc=test_acc, wall_s=time.time() - t0)
         is_best = test_acc > state["best_acc"]
         state["best_acc"] = max(state["best_acc"], test_acc)
         log_epoch(writer, epoch, teacher.queries, clock.totals,
-                  {"loss": d_loss, "agreement": d_agree}, test_loss, test_acc)
+                  {"loss": d_loss, "agreement": d_agree, "lr": learner.lr}, test_loss, test_acc)
         bar.set_postfix(acc=f"{test_acc:.2f}", queries=teacher.queries)
-        save_run(run_dir, vars(args), state, student, optimizer, pool, teacher, is_best)
+        save_run(run_dir, vars(args), state, learner, pool, teacher, is_best)
     writer.close()
     summary = make_summary(args, state, teacher, teacher_acc, device)
     save_json(summary, os.path.join(run_dir, "summary.json"))
@@ -269,21 +289,23 @@ def log_epoch(writer, epoch, queries, phase_s, distill_stats, test_loss, test_ac
     log_test(writer, epoch, queries, test_loss, test_acc)
     writer.add_scalar("distill/loss", distill_stats["loss"], epoch)
     writer.add_scalar("distill/agreement", distill_stats["agreement"], epoch)
+    writer.add_scalar("distill/lr", distill_stats["lr"], epoch)  # the lr of the next epoch
     for phase, seconds in phase_s.items():
         writer.add_scalar(f"time/{phase}_s", seconds, epoch)
 
 
-def save_run(run_dir, config, state, student, optimizer, pool, teacher, is_best):
+def save_run(run_dir, config, state, learner, pool, teacher, is_best):
     """last.pt holds everything a resume needs, the pool and the run's settings
     included, so no sample already paid for is ever asked again. best.pt is the
     student with the highest test accuracy so far (selected on the test set, as
     the paper reports; final_acc is the unselected figure). best.pt is written
     first: a kill between the two leaves it ahead of last.pt, never behind, and
-    a resume takes best_acc from it."""
+    a resume takes best_acc from it. Both hold the reported student (the
+    weight average with --ema_decay) under "student"; last.pt also the live one."""
     if is_best:
-        save_checkpoint({"student": student.state_dict(), "epoch": state["epoch"],
+        save_checkpoint({"student": learner.reported.state_dict(), "epoch": state["epoch"],
                          "test_acc": state["final_acc"]}, os.path.join(run_dir, "best.pt"))
-    ckpt = {"student": student.state_dict(), "optimizer": optimizer.state_dict(), "config": config,
+    ckpt = {**learner.state_dict(), "config": config,
             "pool": pool.state_dict(), "queries": teacher.queries, "rng": rng_state(), **state}
     save_checkpoint(ckpt, os.path.join(run_dir, "last.pt"))
 
@@ -300,12 +322,11 @@ def open_resumed(args, device):
     return {"run_dir": run_dir, "ckpt": ckpt, "saved": saved, "queries": queries}
 
 
-def resume(resumed, args, device, student, optimizer, pool, teacher):
+def resume(resumed, args, device, learner, pool, teacher):
     """Restore the run opened by open_resumed and record the resume.
     Returns (state, the batch labelled after last.pt, or None)."""
     run_dir, ckpt, queries = resumed["run_dir"], resumed["ckpt"], resumed["queries"]
-    student.load_state_dict(ckpt.pop("student"))
-    optimizer.load_state_dict(ckpt.pop("optimizer"))
+    learner.load_state_dict({key: ckpt.pop(key, None) for key in ("student", "optimizer", "scheduler", "ema")})
     pool.load_state_dict(ckpt.pop("pool"))
     set_rng_state(ckpt.pop("rng"))
     ckpt.pop("config", None)
@@ -333,6 +354,7 @@ def make_summary(args, state, teacher, teacher_acc, device):
         "epochs": args.epochs, "distill_epochs": args.distill_epochs,
         "batch_size": args.batch_size, "g_steps": args.g_steps, "ngf": args.ngf,
         "relabel_every_epoch": args.relabel_every_epoch, "distill_aug": args.distill_aug,
+        "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay,
         "reference_code_queries": reference_code_queries(args.epochs, args.distill_epochs,
                                                          args.batch_size, args.pool_batches),
         "phase_s": {k: round(v, 1) for k, v in state["phase_s"].items()},

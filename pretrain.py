@@ -8,6 +8,13 @@ reference used plain SGD at lr 0.1 with no schedule; this reaches a better
 teacher in far fewer epochs. The final model is the teacher: nothing is
 selected on the test set. An existing teacher file is replaced only by a
 teacher at least as good, or with --overwrite.
+
+    torchrun --nproc_per_node=N pretrain.py ...   # N processes, DistributedDataParallel
+
+Under torchrun every process trains on its own shard of the training set, with
+--batch_size images per step, so the global batch is N x --batch_size and --lr
+is used as given (see the README's "More than one GPU"). Rank 0 alone tests,
+logs and writes files.
 """
 import argparse
 import math
@@ -23,11 +30,12 @@ from tqdm import tqdm
 from datasets import DATASETS, DatasetError, get_spec, load_split
 from models import MODELS, ModelError, build_model
 from utils.augment import KINDS, build_augment
+from utils.distributed import agreed, data_parallel, derived_seed, mean_over_ranks, process_group, shard_indices
 from utils.evaluation import evaluate
 from utils.pool import to_float
 from utils.resume import record_resume, refuse_changes, saved_settings
-from utils.run import (UserError, load_checkpoint, make_run_dir, pick_device, removed_unless_started, rng_state,
-                       run_cli, save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
+from utils.run import (UserError, amp_autocast, load_checkpoint, make_run_dir, pick_device, removed_unless_started,
+                       rng_state, run_cli, save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
 from utils.teacher import default_teacher_path, save_teacher
 
 WARMUP = 0.15  # fraction of steps spent warming up; measured: 99.17% after 2 MNIST epochs
@@ -43,7 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
     p.add_argument("--net", default="lenet", choices=sorted(MODELS))
     p.add_argument("--epochs", type=int, default=200, help="training epochs (reference: 200, MNIST 100)")
-    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=128,
+                   help="images per SGD step; per process under torchrun (global batch = N x this)")
     p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
@@ -64,7 +73,9 @@ def parse_args(argv=None):
                         "which is where ideal.py looks)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the teacher at --teacher_ckpt even if the new one is worse")
-    p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:1, ...; "
+                                                    "under torchrun each process takes cuda:LOCAL_RANK")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the training forward passes (CUDA only)")
     p.add_argument("--resume", action="store_true", help="continue the run in SAVE_DIR/pretrain/EXP_NAME")
     return resolve_args(p.parse_args(argv))
 
@@ -89,20 +100,37 @@ def resolve_args(args):
     return args
 
 
-def train(args, model, device, data, optimizer, scheduler, augment, epoch):
-    """One epoch over the in-memory training tensors; returns the mean loss."""
+def train(args, ranks, model, data, optimizer, scheduler, augment, autocast, epoch):
+    """One epoch over the in-memory training tensors (this rank's shard of
+    them under torchrun), the forward pass and loss under `autocast()`;
+    returns the mean loss."""
     images, labels = data
     model.train()
-    order = torch.randperm(labels.shape[0], device=device)
+    order = epoch_order(args, ranks, labels.shape[0], labels.device, epoch)
     total, steps = 0.0, 0
-    for idx in tqdm(order.split(args.batch_size), desc=f"epoch {epoch}", leave=False):
-        loss = F.cross_entropy(model(augment(to_float(images[idx]))), labels[idx])
+    for idx in tqdm(order.split(args.batch_size), desc=f"epoch {epoch}", leave=False, disable=not ranks.main):
+        with autocast():
+            loss = F.cross_entropy(model(augment(to_float(images[idx]))), labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         total, steps = total + loss.item(), steps + 1
     return total / steps
+
+
+def epoch_order(args, ranks, n, device, epoch):
+    """The order in which this process visits the n training images in
+    `epoch`. One process: a permutation from the global random stream, as
+    before torchrun was supported. Under torchrun: this rank's shard of a
+    permutation that all ranks draw alike from (seed, epoch); the rank's own
+    stream (its crops and flips) is re-seeded from (seed, epoch, rank), so the
+    ranks augment differently and nothing a rank draws depends on earlier
+    epochs: a resume needs no per-rank RNG state."""
+    if ranks.world == 1:
+        return torch.randperm(n, device=device)
+    torch.manual_seed(derived_seed(args.seed, epoch, ranks.rank))
+    return shard_indices(n, ranks.rank, ranks.world, epoch, args.seed).to(device)
 
 
 def build_scheduler(args, optimizer, steps_per_epoch):
@@ -119,11 +147,16 @@ def build_scheduler(args, optimizer, steps_per_epoch):
     ], milestones=[warm])
 
 
-def check_resume(args, saved):
-    """Refuse a command line that would change the run being resumed."""
+def check_resume(args, saved, processes, saved_processes):
+    """Refuse a command line that would change the run being resumed; the
+    number of processes sets the global batch, so it may not change either."""
     refuse_changes(saved, args, DEFINING + (("epochs",) if args.schedule == "onecycle" else ()))
     if args.epochs < saved["epochs"]:
         raise UserError(f"--resume: --epochs={args.epochs} is below this run's {saved['epochs']}")
+    if processes != saved_processes:
+        raise UserError(f"--resume: this run was trained by {saved_processes} process(es), this start has "
+                        f"{processes}; the global batch is processes x --batch_size, so use "
+                        f"torchrun --nproc_per_node={saved_processes} (or plain python for 1)")
 
 
 def teacher_to_beat(args):
@@ -155,43 +188,66 @@ def save_unless_worse(args, model, spec, test_acc, to_beat, run_dir):
 
 def main(args):
     device = pick_device(args.device)
+    autocast = amp_autocast(device, args.amp)  # --amp on the CPU is refused before any work
+    with process_group(device) as ranks:
+        return train_teacher(args, device, ranks, autocast)
+
+
+def train_teacher(args, device, ranks, autocast):
+    """What each process does. Every rank reads the data, checks a resume
+    and trains; rank 0 alone makes the run folder, writes into it and the
+    teacher, and returns the summary (the other ranks return None)."""
     seed_everything(args.seed)
     spec = get_spec(args.dataset)
     to_beat = teacher_to_beat(args)
     model = to_device(build_model(args.net, spec.channels, spec.size, spec.classes), device)
     train_data = [t.to(device) for t in load_split(args.dataset, args.data_dir, train=True)]
     test_data = [t.to(device) for t in load_split(args.dataset, args.data_dir, train=False)]
-    run_dir = make_run_dir(args.save_dir, "pretrain", args.exp_name, args.resume)
+    run_dir = agreed(ranks, lambda: make_run_dir(args.save_dir, "pretrain", args.exp_name, args.resume))
     with removed_unless_started(run_dir):
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                     weight_decay=args.weight_decay, nesterov=args.nesterov)
-        scheduler = build_scheduler(args, optimizer, math.ceil(train_data[1].shape[0] / args.batch_size))
+        shard = train_data[1].shape[0] // ranks.world  # images per rank and epoch (all of them with one process)
+        scheduler = build_scheduler(args, optimizer, math.ceil(shard / args.batch_size))
         state = {"epoch": 0, "wall_s": 0.0, "test_acc": float("nan"), "train_loss": float("nan")}
         if args.resume:
-            state = resume(run_dir, args, device, model, optimizer, scheduler)
-        save_json(vars(args), os.path.join(run_dir, "args.json"))
-        state = fit(args, run_dir, device, model, (train_data, test_data), optimizer, scheduler, state)
+            state = resume(run_dir, args, ranks, device, model, optimizer, scheduler)
+        if ranks.main:
+            save_json(vars(args), os.path.join(run_dir, "args.json"))
+        state = fit(args, run_dir, ranks, model, (train_data, test_data), optimizer, scheduler, state, autocast)
+    if not ranks.main:
+        return None
     teacher_ckpt = save_unless_worse(args, model, spec, state["test_acc"], to_beat, run_dir)
     summary = {"dataset": args.dataset, "net": args.net, "epochs": args.epochs, "test_acc": state["test_acc"],
                "train_loss": state["train_loss"], "wall_s": round(state["wall_s"], 1),
-               "device": str(device), "threads": torch.get_num_threads(), "teacher_ckpt": teacher_ckpt}
+               "device": str(device), "threads": torch.get_num_threads(), "processes": ranks.world,
+               "amp": args.amp, "teacher_ckpt": teacher_ckpt}
     save_json(summary, os.path.join(run_dir, "summary.json"))
     print(f"teacher {args.net} on {args.dataset}: test accuracy {state['test_acc']:.2f}% -> {teacher_ckpt}")
     return summary
 
 
-def fit(args, run_dir, device, model, data, optimizer, scheduler, state):
-    """The epochs from state["epoch"] + 1 to --epochs, each logged and
-    checkpointed to last.pt; returns the final state."""
+def fit(args, run_dir, ranks, model, data, optimizer, scheduler, state, autocast):
+    """The epochs from state["epoch"] + 1 to --epochs. Every rank trains
+    (through DistributedDataParallel under torchrun); rank 0 alone tests,
+    logs and checkpoints each epoch to last.pt. Returns the final state
+    (rank 0's: the other ranks keep no state)."""
     (train_data, test_data), augment = data, build_augment(args.augment)
-    writer = SummaryWriter(run_dir)
-    print(f"pretrain {args.net} on {args.dataset} ({train_data[1].shape[0]} images) "
-          f"on {device}; run folder {run_dir}")
+    device = train_data[1].device
+    net = data_parallel(model, ranks)
+    writer = SummaryWriter(run_dir) if ranks.main else None
+    if ranks.main:
+        processes = f" x {ranks.world} processes (global batch {ranks.world * args.batch_size})"
+        print(f"pretrain {args.net} on {args.dataset} ({train_data[1].shape[0]} images) on {device}"
+              f"{processes if ranks.world > 1 else ''}; run folder {run_dir}")
     t0 = time.time() - state["wall_s"]
     for epoch in tqdm(range(state["epoch"] + 1, args.epochs + 1), desc="pretrain",
-                      initial=state["epoch"], total=args.epochs):
-        train_loss = train(args, model, device, train_data, optimizer, scheduler, augment, epoch)
-        test_loss, test_acc = evaluate(model, *test_data)
+                      initial=state["epoch"], total=args.epochs, disable=not ranks.main):
+        shard_loss = train(args, ranks, net, train_data, optimizer, scheduler, augment, autocast, epoch)
+        train_loss = mean_over_ranks(shard_loss, ranks, device)
+        if not ranks.main:
+            continue
+        test_loss, test_acc = evaluate(model, *test_data)  # the bare model: DDP's forward would wait for the others
         writer.add_scalar("train/loss", train_loss, epoch)
         writer.add_scalar("train/lr", scheduler.get_last_lr()[0], epoch)
         writer.add_scalar("test/loss", test_loss, epoch)
@@ -200,22 +256,26 @@ def fit(args, run_dir, device, model, data, optimizer, scheduler, state):
         state = {"epoch": epoch, "wall_s": time.time() - t0, "test_acc": test_acc, "train_loss": train_loss}
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "rng": rng_state(), "config": vars(args),
-                         **state}, os.path.join(run_dir, "last.pt"))
-    writer.close()
+                         "processes": ranks.world, **state}, os.path.join(run_dir, "last.pt"))
+    if writer is not None:
+        writer.close()
     return state
 
 
-def resume(run_dir, args, device, model, optimizer, scheduler):
+def resume(run_dir, args, ranks, device, model, optimizer, scheduler):
     """Restore model, optimizer, schedule and RNG from last.pt, once the command
-    line is found to be the same run; returns the state it was saved with."""
+    line is found to be the same run; returns the state it was saved with.
+    Under torchrun every rank reads the same last.pt, so all of them restore
+    the same state and reach the same verdict; rank 0 alone records it."""
     ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"), device)
     saved = saved_settings(ckpt, run_dir)
-    check_resume(args, saved)
+    check_resume(args, saved, ranks.world, ckpt.get("processes", 1))
     model.load_state_dict(ckpt.pop("model"))
     optimizer.load_state_dict(ckpt.pop("optimizer"))
     scheduler.load_state_dict(ckpt.pop("scheduler"))
     set_rng_state(ckpt.pop("rng"))
-    record_resume(run_dir, saved, args, from_epoch=ckpt["epoch"])
+    if ranks.main:
+        record_resume(run_dir, saved, args, from_epoch=ckpt["epoch"])
     return {"epoch": ckpt["epoch"], "wall_s": ckpt["wall_s"], "test_acc": ckpt.get("test_acc", float("nan")),
             "train_loss": ckpt.get("train_loss", float("nan"))}
 

@@ -164,7 +164,7 @@ def job_env(args, device):
     """One process per device slot; CPU jobs share the cores out between them."""
     env = dict(os.environ)
     if device == "cpu":
-        cpu_slots = sum(d == "cpu" for d in args.devices)
+        cpu_slots = max(1, sum(d == "cpu" for d in args.devices))  # 0 when a GPU sweep trains a teacher
         env["OMP_NUM_THREADS"] = str(args.threads or max(1, (os.cpu_count() or 1) // cpu_slots))
     return env
 

@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                  # MNIST LeNet, B=250, g_steps=30
     python benchmarks/speed.py --json out.json  # also write the figures as JSON
+    python benchmarks/speed.py --amp            # bf16 autocast on CUDA, ours and the floors alike
 
 Phases measured with the real functions of ideal.py:
   generate  one generator step of IdealSynthesizer.synthesize() (aug + G + S + loss + Adam step),
@@ -30,7 +31,7 @@ from models import Generator, build_model  # noqa: E402
 from utils.augment import build_augment  # noqa: E402
 from utils.blackbox import BlackBoxTeacher  # noqa: E402
 from utils.pool import SyntheticPool, to_float, to_uint8  # noqa: E402
-from utils.run import pick_device, to_device  # noqa: E402
+from utils.run import amp_autocast, pick_device, run_cli, to_device  # noqa: E402
 
 SHAPES = {"mnist": (1, 28, 10), "cifar10": (3, 32, 10)}
 
@@ -46,6 +47,8 @@ def parse_args():
     p.add_argument("--pool_sizes", default="2500,12500,25000")
     p.add_argument("--repeats", type=int, default=3, help="best of N timings")
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for every forward pass, ours and the floors' (CUDA only)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     return p.parse_args()
 
@@ -67,37 +70,41 @@ def best_times(fns, repeats, device):
     return [min(spent) for spent in times]
 
 
-def bare_generator_steps(generator, student, z, targets, steps):
+def bare_generator_steps(generator, student, z, targets, steps, autocast):
     """Floor: `steps` forward and backward passes of S(G(z)) with nothing else
     (no augmentation, no information loss, no optimizer step)."""
     with frozen(student):
         for _ in range(steps):
-            F.cross_entropy(student(generator(z)), targets).backward()
+            with autocast():
+                loss = F.cross_entropy(student(generator(z)), targets)
+            loss.backward()
             generator.zero_grad(set_to_none=True)
 
 
-def bare_distill_pass(student, optimizer, images, labels, batch_size):
+def bare_distill_pass(student, optimizer, images, labels, batch_size, autocast):
     """Floor: forward+backward+step over float tensors, fixed order, no augmentation."""
     for x, y in zip(images.split(batch_size), labels.split(batch_size)):
-        loss = F.cross_entropy(student(x), y)
+        with autocast():
+            loss = F.cross_entropy(student(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
 
-def measure(args, device):
+def measure(args, device, autocast):
     channels, size, classes = SHAPES[args.dataset]
     b = args.batch_size
     student = to_device(build_model(args.net, channels, size, classes), device)
-    teacher = BlackBoxTeacher(to_device(build_model(args.net, channels, size, classes), device))
+    teacher = BlackBoxTeacher(to_device(build_model(args.net, channels, size, classes), device), autocast=autocast)
     generator = to_device(Generator(args.nz, args.ngf, channels, size), device)
-    synthesizer = IdealSynthesizer(generator, args.nz, b, classes, args.g_steps, lr_g=1e-3, lambda_info=5.0)
+    synthesizer = IdealSynthesizer(generator, args.nz, b, classes, args.g_steps, lr_g=1e-3, lambda_info=5.0,
+                                   autocast=autocast)
     rows = []
     z = torch.randn(b, args.nz, device=device)
     targets = torch.arange(b, device=device) % classes
 
     gen, floor = best_times([lambda: synthesizer.synthesize(student),
-                             lambda: bare_generator_steps(generator, student, z, targets, args.g_steps)],
+                             lambda: bare_generator_steps(generator, student, z, targets, args.g_steps, autocast)],
                             args.repeats, device)
     gen, floor = gen / args.g_steps, floor / args.g_steps
     rows.append(("generator step", b / gen, b / floor))
@@ -111,8 +118,8 @@ def measure(args, device):
         pool.add(to_uint8(torch.rand(n, channels, size, size, device=device)),
                  torch.randint(0, classes, (n,), device=device))
         images, labels = to_float(pool.images), pool.answers
-        ours, bare = best_times([lambda: distill(student, optimizer, pool, augment, b),
-                                 lambda: bare_distill_pass(student, optimizer, images, labels, b)],
+        ours, bare = best_times([lambda: distill(student, optimizer, pool, augment, b, autocast=autocast),
+                                 lambda: bare_distill_pass(student, optimizer, images, labels, b, autocast)],
                                 args.repeats, device)
         rows.append((f"distill pass, pool {n:,}", n / ours, n / bare))
     return rows
@@ -127,10 +134,11 @@ def describe(device):
 def main():
     args = parse_args()
     device = pick_device(args.device)
+    autocast = amp_autocast(device, args.amp)
     torch.manual_seed(0)
-    rows = measure(args, device)
+    rows = measure(args, device, autocast)
     print(f"{args.dataset} {args.net}, B={args.batch_size}, g_steps={args.g_steps}, ngf={args.ngf}, "
-          f"torch {torch.__version__}, {device}: {describe(device)}\n")
+          f"{'bf16 autocast' if args.amp else 'float32'}, torch {torch.__version__}, {device}: {describe(device)}\n")
     print("| phase | ours (images/s) | bare floor (images/s) | floor / ours |")
     print("|---|---:|---:|---:|")
     for name, ours, floor in rows:
@@ -146,4 +154,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

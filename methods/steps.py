@@ -1,7 +1,7 @@
 """IDEAL's steps 2 and 3 (label, distill) and their helpers. The teacher is
 only ever reached through the BlackBoxTeacher handed in, which counts."""
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -36,10 +36,13 @@ def label_once(teacher, x: torch.Tensor):
     return images, teacher(to_float(images))
 
 
-def train_step(student, optimizer, x, answers):
-    """One SGD step on (x, answers); returns (summed loss, number of agreements)."""
-    logits = student(x)
-    loss = distill_loss(logits, answers)
+def train_step(student, optimizer, x, answers, autocast=nullcontext):
+    """One SGD step on (x, answers), the forward pass and loss under
+    `autocast()` (see utils.run.amp_autocast); returns (summed loss, number of
+    agreements)."""
+    with autocast():
+        logits = student(x)
+        loss = distill_loss(logits, answers)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -47,18 +50,23 @@ def train_step(student, optimizer, x, answers):
     return loss.item() * len(x), (logits.argmax(1) == hard).sum().item()
 
 
-def distill(student, optimizer, pool, augment, batch_size):
-    """IDEAL step 3: one shuffled pass over the pool on its cached answers.
+def distill(student, optimizer, pool, augment, batch_size, on_step=None, autocast=nullcontext):
+    """IDEAL step 3: one shuffled pass over the pool on its cached answers;
+    `on_step()` is called after every SGD step (a weight average's update);
+    the student's forward passes run under `autocast()`.
     Returns (mean loss, % agreement of the student with those answers)."""
     student.train()
     loss_sum, agree, seen = 0.0, 0, 0
     for images, answers in pool.batches(batch_size):
-        loss, hits = train_step(student, optimizer, augment(to_float(images)), answers)
+        loss, hits = train_step(student, optimizer, augment(to_float(images)), answers, autocast)
+        if on_step is not None:
+            on_step()
         loss_sum, agree, seen = loss_sum + loss, agree + hits, seen + len(images)
     return loss_sum / max(seen, 1), 100.0 * agree / max(seen, 1)
 
 
-def distill_relabel(student, optimizer, pool, augment, batch_size, teacher):
+def distill_relabel(student, optimizer, pool, augment, batch_size, teacher, on_step=None,
+                    autocast=nullcontext):
     """The reference code's step 3: the same pass, but every augmented batch is
     asked of the teacher again (the pool holds no answers), until the budget
     runs out. Returns (mean loss, % agreement)."""
@@ -68,7 +76,9 @@ def distill_relabel(student, optimizer, pool, augment, batch_size, teacher):
         x = augment(to_float(images))[:int(min(len(images), teacher.remaining))]
         if len(x) == 0:
             break
-        loss, hits = train_step(student, optimizer, x, teacher(x))
+        loss, hits = train_step(student, optimizer, x, teacher(x), autocast)
+        if on_step is not None:
+            on_step()
         loss_sum, agree, seen = loss_sum + loss, agree + hits, seen + len(x)
     return loss_sum / max(seen, 1), 100.0 * agree / max(seen, 1)
 

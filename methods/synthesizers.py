@@ -9,6 +9,7 @@ generator losses as {"loss", "ce", "info"} or None).
 - NoiseSynthesizer: uniform noise, the naive baseline of the literature.
 """
 import math
+from contextlib import nullcontext
 
 import torch
 
@@ -22,12 +23,14 @@ from utils.run import UserError
 class IdealSynthesizer:
     """A freshly initialised generator, trained for g_steps Adam steps so that
     the frozen student assigns its images to balanced targets with high
-    entropy; the batch of the lowest-loss step is returned."""
+    entropy; the batch of the lowest-loss step is returned. The forward passes
+    of G and S run under `autocast()` (see utils.run.amp_autocast)."""
 
     def __init__(self, generator, nz: int, batch_size: int, classes: int, g_steps: int = 30,
-                 lr_g: float = 1e-3, lambda_info: float = 5.0, augment: str = "crop+flip"):
+                 lr_g: float = 1e-3, lambda_info: float = 5.0, augment: str = "crop+flip",
+                 autocast=nullcontext):
         self.generator, self.nz, self.batch_size, self.classes = generator, nz, batch_size, classes
-        self.g_steps, self.lr_g, self.lambda_info = g_steps, lr_g, lambda_info
+        self.g_steps, self.lr_g, self.lambda_info, self.autocast = g_steps, lr_g, lambda_info, autocast
         # no labels are involved here, so the spec's crop+flip is safe on every dataset
         self.augment = build_augment(augment)
 
@@ -42,10 +45,12 @@ class IdealSynthesizer:
         best_loss, best = math.inf, None
         with frozen(student):
             for _ in range(self.g_steps):
-                x = self.generator(z)
-                loss, ce, info = generator_loss(student(self.augment(x)), targets, self.lambda_info)
+                with self.autocast():
+                    x = self.generator(z)
+                    loss, ce, info = generator_loss(student(self.augment(x)), targets, self.lambda_info)
                 if loss.item() < best_loss:  # compared before the step, as the spec says
-                    best_loss, best = loss.item(), (x.detach(), ce.item(), info.item())
+                    # .float(): under bf16 autocast x is bf16; the pool quantises float32 (a no-op without)
+                    best_loss, best = loss.item(), (x.detach().float(), ce.item(), info.item())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -58,16 +63,19 @@ class IdealSynthesizer:
 
 class RandomGeneratorSynthesizer:
     """The IDEAL generator, freshly initialised every batch and never trained:
-    one forward pass (BatchNorm in train mode, as in IDEAL's first step)."""
+    one forward pass (BatchNorm in train mode, as in IDEAL's first step),
+    under `autocast()`."""
 
-    def __init__(self, generator, nz: int, batch_size: int):
-        self.generator, self.nz, self.batch_size = generator, nz, batch_size
+    def __init__(self, generator, nz: int, batch_size: int, autocast=nullcontext):
+        self.generator, self.nz, self.batch_size, self.autocast = generator, nz, batch_size, autocast
 
     @torch.no_grad()
     def synthesize(self, student=None):
         device = next(self.generator.parameters()).device
         init_generator_(self.generator).train()
-        return self.generator(torch.randn(self.batch_size, self.nz, device=device)), None
+        with self.autocast():
+            x = self.generator(torch.randn(self.batch_size, self.nz, device=device))
+        return x.float(), None
 
 
 class NoiseSynthesizer:

@@ -15,6 +15,6 @@ else
 fi
 # The CPU preset: the paper's E=100, B=250 (25,000 queries, one per sample), with a
 # narrower generator (ngf 16, not 64), 10 generator steps (not 30) at lr_g 1e-2
-# (not 1e-3). See "CPU preset" in the README.
+# (not 1e-3), kept in configs/cpu.json. See "The CPU preset" in the README.
 $PY ideal.py --dataset=mnist --net=lenet --epochs=100 --batch_size=250 \
-  --g_steps=10 --ngf=16 --lr_g=1e-2 --exp_name=mnist_cpu_preset
+  --preset=cpu --exp_name=mnist_cpu_preset

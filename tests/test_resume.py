@@ -184,7 +184,7 @@ def test_sigkill_while_writing_then_resume(workspace, straight, tmp_path):  # no
 CHANGED = {"dataset": "fmnist", "net": "mlp", "student_net": "mlp", "method": "noise", "bb_mode": "soft",
            "batch_size": 20, "pool_batches": 5, "seed": 1, "nz": 16, "ngf": 8, "g_steps": 3, "lr": 0.02,
            "lr_g": 0.002, "momentum": 0.5, "weight_decay": 0.001, "lambda_info": 1.0,
-           "relabel_every_epoch": True, "distill_aug": "flip"}
+           "relabel_every_epoch": True, "distill_aug": "flip", "lr_schedule": "cosine", "ema_decay": 0.9}
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +250,24 @@ def test_best_acc_agrees_with_best_pt_after_a_kill(workspace):  # noqa: F811
     save_checkpoint({**load_checkpoint(path, "cpu"), "epoch": 2, "test_acc": 55.0}, path)  # the killed epoch 2
     summary, _ = run_ideal(workspace, "--epochs=2", exp_name("best"), "--resume")
     assert summary["best_acc"] == load_checkpoint(path, "cpu")["test_acc"] == 55.0
+
+
+def test_schedule_and_average_survive_a_kill(workspace, monkeypatch):  # noqa: F811
+    """A cosine schedule and a weight average resume where they stopped: a run
+    killed while distilling epoch 2, then resumed, equals an uninterrupted one."""
+    flags = ("--epochs=3", "--lr_schedule=cosine", "--ema_decay=0.5")
+    straight, straight_dir = run_ideal(workspace, *flags, "--exp_name=cosine_straight")
+    with monkeypatch.context() as patch:
+        kill(patch, "distilling")
+        with pytest.raises(Killed):
+            run_ideal(workspace, *flags, "--exp_name=cosine_killed")
+    resumed, run_dir = run_ideal(workspace, *flags, "--exp_name=cosine_killed", "--resume")
+    assert resumed["final_acc"] == straight["final_acc"] and resumed["queries"] == straight["queries"]
+    a = load_checkpoint(os.path.join(straight_dir, "last.pt"), "cpu")
+    b = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")
+    for part in ("student", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    assert a["scheduler"] == b["scheduler"]
+    with pytest.raises(UserError, match="laid out over the run's original length"):
+        run_ideal(workspace, "--epochs=4", *flags[1:], "--exp_name=cosine_killed", "--resume")

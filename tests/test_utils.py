@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from methods import IdealSynthesizer, NoiseSynthesizer, RandomGeneratorSynthesizer, distill, distill_relabel
+from methods.student import Learner
 from models import Generator, build_model, init_generator_
 from utils import run
 from datasets import get_spec
@@ -665,3 +666,37 @@ def test_unlabelled_pool_keeps_no_answers():
     assert all(answers is None for _, answers in pool.batches(8))
     with pytest.raises(ValueError):
         pool.add(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.zeros(1, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- methods.student.Learner
+
+def test_cosine_schedule_decays_to_zero_over_the_run():
+    learner = Learner(tiny_net(classes=5, net="mlp"), lr=0.1, momentum=0.9, weight_decay=0, total_epochs=4,
+                      schedule="cosine")
+    lrs = []
+    for _ in range(4):
+        lrs.append(learner.lr)
+        learner.epoch_done()
+    # 0.1 * (1 + cos(pi * e / 4)) / 2 for e = 0..3, then 0 after the last epoch
+    assert lrs == pytest.approx([0.1, 0.0853553, 0.05, 0.0146447], rel=1e-5)
+    assert learner.lr == pytest.approx(0.0, abs=1e-12)
+    constant = Learner(tiny_net(classes=5, net="mlp"), 0.1, 0.9, 0, total_epochs=4)
+    constant.epoch_done()
+    assert constant.lr == 0.1 and constant.reported is constant.model
+
+
+def test_weight_average_is_the_reported_model():
+    """First update copies the weights; each later one is d * average + (1 - d) * weights."""
+    model = tiny_net(classes=5, net="mlp")
+    learner = Learner(model, 0.1, 0.0, 0.0, total_epochs=1, ema_decay=0.75)
+    weight = next(model.parameters())
+    learner.step_done()
+    first = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1.0)
+    learner.step_done()
+    averaged = next(learner.reported.parameters())
+    assert torch.allclose(averaged, 0.75 * first + 0.25 * (first + 1.0))
+    assert learner.reported is not model
+    with pytest.raises(ValueError):
+        Learner(model, 0.1, 0.0, 0.0, total_epochs=1, schedule="step")

@@ -6,6 +6,7 @@ refuses to go past its query budget. Nothing else in the project holds the
 teacher network.
 """
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -18,15 +19,18 @@ class QueryBudgetExceeded(RuntimeError):
 
 
 class BlackBoxTeacher:
-    def __init__(self, model: nn.Module, mode: str = "hard", budget: int = 0, chunk: int = 1024):
+    def __init__(self, model: nn.Module, mode: str = "hard", budget: int = 0, chunk: int = 1024,
+                 autocast=nullcontext):
         """model: the teacher network (kept private); budget: max images ever
-        answered (0 = no cap); chunk: images per forward pass (memory only)."""
+        answered (0 = no cap); chunk: images per forward pass (memory only);
+        autocast: what its forward passes run under (utils.run.amp_autocast)."""
         if mode not in MODES:
             raise ValueError(f"unknown black-box mode '{mode}'; known: {', '.join(MODES)}")
         self._model = model
         self.mode = mode
         self.budget = budget
         self.chunk = chunk
+        self.autocast = autocast
         self.queries = 0
 
     @property
@@ -44,5 +48,6 @@ class BlackBoxTeacher:
                 f"{n} queries asked, {self.remaining} left of a budget of {self.budget}")
         self.queries += n
         self._model.eval()  # a black box never runs in train mode (BN statistics stay put)
-        logits = torch.cat([self._model(part) for part in images.split(self.chunk)])
+        with self.autocast():
+            logits = torch.cat([self._model(part) for part in images.split(self.chunk)])
         return logits.argmax(1) if self.mode == "hard" else logits.float().softmax(1)

@@ -1,6 +1,7 @@
 """Run bookkeeping shared by both scripts: device, seeds, run folders, atomic
 writes, and turning user mistakes into one-line errors."""
 import contextlib
+import functools
 import json
 import os
 import pickle
@@ -19,9 +20,16 @@ class UserError(Exception):
 
 
 def pick_device(name: str) -> torch.device:
-    """'auto' -> CUDA when visible (CUDA_VISIBLE_DEVICES picks which), else CPU."""
+    """'auto' -> CUDA when visible (CUDA_VISIBLE_DEVICES picks which), else CPU.
+    Under torchrun (LOCAL_RANK set), 'auto' and 'cuda' mean cuda:LOCAL_RANK:
+    one GPU per process."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
+    elif name.startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would take it
+        raise UserError(f"--device {name}: under torchrun each process takes cuda:LOCAL_RANK; "
+                        "use --device auto or cuda, and CUDA_VISIBLE_DEVICES to choose the GPUs")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -29,6 +37,21 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but no CUDA device is visible; use --device cpu")
     return device
+
+
+def amp_autocast(device: torch.device, amp: bool):
+    """What the forward passes run under: with --amp on CUDA, bf16 autocast
+    (no loss scaling: bf16 has float32's range); without it, nothing, so a
+    default run is unchanged bit for bit. --amp on the CPU is refused, not
+    ignored: the flag is for CUDA (CPU bf16 autocast was never measured here),
+    and a flag that silently did nothing would mislabel a run. Returns a
+    function making a fresh context per use (one torch.autocast object must not
+    be entered twice at once)."""
+    if not amp:
+        return contextlib.nullcontext
+    if device.type != "cuda":
+        raise UserError(f"--amp is bf16 autocast for CUDA, and this run is on {device}; drop --amp")
+    return functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
 
 
 def to_device(module, device):
@@ -83,7 +106,7 @@ def load_checkpoint(path: str, device) -> dict:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"not a checkpoint that can be loaded safely: {path}") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - random bytes reach the unpickler as IndexError, KeyError, ...
         raise UserError(f"not a readable checkpoint (empty, truncated or corrupt): {path} "
                         f"({type(err).__name__})") from None
     if not isinstance(ckpt, dict):

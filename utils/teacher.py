@@ -12,6 +12,7 @@ load only with trust_code=True. Their input shape, class count and test
 accuracy come from the file's extra meta.json:
 {"input_shape": [C, H, W], "classes": K, "test_acc": percent}.
 """
+import contextlib
 import json
 import math
 import os
@@ -163,12 +164,13 @@ def check_teacher_fits(path: str, info: TeacherInfo, dataset: str) -> None:
 
 
 def load_blackbox_teacher(path: str, dataset: str, net: str, mode: str, budget: int, device,
-                          trust_code: bool = False):
+                          trust_code: bool = False, autocast=contextlib.nullcontext):
     """Build the teacher from its file and hand it over only inside a
     BlackBoxTeacher, so no caller can reach the network itself. For a
     torch.export or TorchScript teacher, `net` names no teacher (only the
-    student's default). Returns (black box, teacher's test accuracy in %
-    as its trainer measured it; NaN if the file does not say)."""
+    student's default). `autocast`: what the teacher's forward passes run
+    under (utils.run.amp_autocast). Returns (black box, teacher's test
+    accuracy in % as its trainer measured it; NaN if the file does not say)."""
     if not os.path.isfile(path):
         raise UserError(f"no teacher at {path}; train one first: "
                         f"python pretrain.py --dataset={dataset} --net={net}")
@@ -177,4 +179,5 @@ def load_blackbox_teacher(path: str, dataset: str, net: str, mode: str, budget: 
         raise UserError(f"teacher {path} is a {info.net} for {info.dataset}, "
                         f"not a {net} for {dataset}; pass the right --teacher_ckpt")
     check_teacher_fits(path, info, dataset)
-    return BlackBoxTeacher(model, mode=mode, budget=budget), math.nan if info.test_acc is None else info.test_acc
+    return (BlackBoxTeacher(model, mode=mode, budget=budget, autocast=autocast),
+            math.nan if info.test_acc is None else info.test_acc)
