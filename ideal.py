@@ -61,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--pool_batches", type=int, default=400, help="pool keeps the newest N*batch_size samples")
     p.add_argument("--distill_epochs", type=int, default=0,
                    help="extra distillation-only epochs on the cached pool after the last generation epoch (no queries)")
+    p.add_argument("--warm_generator", action="store_true",
+                   help="keep the generator and its Adam state from epoch to epoch instead of re-initialising "
+                        "it every epoch (the paper); each epoch still draws a fresh z")
     p.add_argument("--lr_schedule", default="constant", choices=SCHEDULES,
                    help="student learning rate over the run: constant (the reference) or cosine to zero "
                         "at the last epoch, distill-only epochs included")
@@ -142,7 +145,7 @@ def resolve_args(args):
 DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", "pool_batches", "seed",
             "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
             "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
-            "lr_schedule", "ema_decay")
+            "lr_schedule", "ema_decay", "warm_generator")
 
 
 def check_resume(args, saved, epochs_done, queries):
@@ -174,7 +177,7 @@ def build_synthesizer(args, spec, device, autocast):
     if args.method == "random_generator":
         return RandomGeneratorSynthesizer(generator, args.nz, args.batch_size, autocast)
     return IdealSynthesizer(generator, args.nz, args.batch_size, spec.classes, args.g_steps,
-                            args.lr_g, args.lambda_info, autocast=autocast)
+                            args.lr_g, args.lambda_info, autocast=autocast, warm=args.warm_generator)
 
 
 def main(args):
@@ -204,9 +207,9 @@ def main(args):
              "phase_s": dict.fromkeys(PHASES, 0.0), "budget_hit": False}
     pending = None  # a batch a killed run labelled after its last.pt: used, never asked again
     if resumed:
-        state, pending = resume(resumed, args, device, learner, pool, teacher)
+        state, pending = resume(resumed, args, device, (learner, synthesizer, pool), teacher)
     else:  # resumable from the start: a kill in epoch 1 must not make the run pay again in a new folder
-        save_run(run_dir, vars(args), state, learner, pool, teacher, is_best=False)
+        save_run(run_dir, vars(args), state, (learner, synthesizer, pool), teacher, is_best=False)
     save_json(vars(args), os.path.join(run_dir, "args.json"))
     writer = SummaryWriter(run_dir)
     augment = build_augment(args.distill_aug)
@@ -220,8 +223,9 @@ def main(args):
     for epoch in bar:
         generating = pending is not None or (epoch <= args.epochs and teacher.remaining > 0)
         if generating:
-            if pending is not None:
-                set_rng_state(pending["rng"])  # go on exactly as the killed run would have
+            if pending is not None:  # go on exactly as the killed run would have
+                set_rng_state(pending["rng"])
+                synthesizer.load_state_dict(pending.get("synthesizer"))
             batch = pending or new_batch(args, synthesizer, student, teacher, clock, run_dir, epoch)
             pending = None
             pool.add(batch["images"], batch["answers"])
@@ -252,7 +256,7 @@ def main(args):
         log_epoch(writer, epoch, teacher.queries, clock.totals,
                   {"loss": d_loss, "agreement": d_agree, "lr": learner.lr}, test_loss, test_acc)
         bar.set_postfix(acc=f"{test_acc:.2f}", queries=teacher.queries)
-        save_run(run_dir, vars(args), state, learner, pool, teacher, is_best)
+        save_run(run_dir, vars(args), state, (learner, synthesizer, pool), teacher, is_best)
     writer.close()
     summary = make_summary(args, state, teacher, teacher_acc, device)
     save_json(summary, os.path.join(run_dir, "summary.json"))
@@ -270,7 +274,7 @@ def new_batch(args, synthesizer, student, teacher, clock, run_dir, epoch):
         x, g_losses = synthesizer.synthesize(student)
     with clock("label"):  # relabel mode asks later, in distill_relabel
         images, answers = (affordable(teacher, x), None) if args.relabel_every_epoch else label_once(teacher, x)
-        save_labelled(run_dir, epoch, images, answers, g_losses, teacher.queries)
+        save_labelled(run_dir, epoch, images, answers, g_losses, teacher.queries, synthesizer.state_dict())
     return {"images": images, "answers": answers, "g_losses": g_losses}
 
 
@@ -294,18 +298,20 @@ def log_epoch(writer, epoch, queries, phase_s, distill_stats, test_loss, test_ac
         writer.add_scalar(f"time/{phase}_s", seconds, epoch)
 
 
-def save_run(run_dir, config, state, learner, pool, teacher, is_best):
+def save_run(run_dir, config, state, parts, teacher, is_best):
     """last.pt holds everything a resume needs, the pool and the run's settings
     included, so no sample already paid for is ever asked again. best.pt is the
     student with the highest test accuracy so far (selected on the test set, as
     the paper reports; final_acc is the unselected figure). best.pt is written
     first: a kill between the two leaves it ahead of last.pt, never behind, and
     a resume takes best_acc from it. Both hold the reported student (the
-    weight average with --ema_decay) under "student"; last.pt also the live one."""
+    weight average with --ema_decay) under "student"; last.pt also the live one.
+    parts: (Learner, synthesizer, SyntheticPool)."""
+    learner, synthesizer, pool = parts
     if is_best:
         save_checkpoint({"student": learner.reported.state_dict(), "epoch": state["epoch"],
                          "test_acc": state["final_acc"]}, os.path.join(run_dir, "best.pt"))
-    ckpt = {**learner.state_dict(), "config": config,
+    ckpt = {**learner.state_dict(), "config": config, "synthesizer": synthesizer.state_dict(),
             "pool": pool.state_dict(), "queries": teacher.queries, "rng": rng_state(), **state}
     save_checkpoint(ckpt, os.path.join(run_dir, "last.pt"))
 
@@ -322,11 +328,13 @@ def open_resumed(args, device):
     return {"run_dir": run_dir, "ckpt": ckpt, "saved": saved, "queries": queries}
 
 
-def resume(resumed, args, device, learner, pool, teacher):
+def resume(resumed, args, device, parts, teacher):
     """Restore the run opened by open_resumed and record the resume.
     Returns (state, the batch labelled after last.pt, or None)."""
     run_dir, ckpt, queries = resumed["run_dir"], resumed["ckpt"], resumed["queries"]
+    learner, synthesizer, pool = parts  # what save_run stored, in the same order
     learner.load_state_dict({key: ckpt.pop(key, None) for key in ("student", "optimizer", "scheduler", "ema")})
+    synthesizer.load_state_dict(ckpt.pop("synthesizer", None))
     pool.load_state_dict(ckpt.pop("pool"))
     set_rng_state(ckpt.pop("rng"))
     ckpt.pop("config", None)
@@ -354,7 +362,7 @@ def make_summary(args, state, teacher, teacher_acc, device):
         "epochs": args.epochs, "distill_epochs": args.distill_epochs,
         "batch_size": args.batch_size, "g_steps": args.g_steps, "ngf": args.ngf,
         "relabel_every_epoch": args.relabel_every_epoch, "distill_aug": args.distill_aug,
-        "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay,
+        "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "warm_generator": args.warm_generator,
         "reference_code_queries": reference_code_queries(args.epochs, args.distill_epochs,
                                                          args.batch_size, args.pool_batches),
         "phase_s": {k: round(v, 1) for k, v in state["phase_s"].items()},

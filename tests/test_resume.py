@@ -184,7 +184,8 @@ def test_sigkill_while_writing_then_resume(workspace, straight, tmp_path):  # no
 CHANGED = {"dataset": "fmnist", "net": "mlp", "student_net": "mlp", "method": "noise", "bb_mode": "soft",
            "batch_size": 20, "pool_batches": 5, "seed": 1, "nz": 16, "ngf": 8, "g_steps": 3, "lr": 0.02,
            "lr_g": 0.002, "momentum": 0.5, "weight_decay": 0.001, "lambda_info": 1.0,
-           "relabel_every_epoch": True, "distill_aug": "flip", "lr_schedule": "cosine", "ema_decay": 0.9}
+           "relabel_every_epoch": True, "distill_aug": "flip", "lr_schedule": "cosine", "ema_decay": 0.9,
+           "warm_generator": True}
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +272,25 @@ def test_schedule_and_average_survive_a_kill(workspace, monkeypatch):  # noqa: F
     assert a["scheduler"] == b["scheduler"]
     with pytest.raises(UserError, match="laid out over the run's original length"):
         run_ideal(workspace, "--epochs=4", *flags[1:], "--exp_name=cosine_killed", "--resume")
+
+
+@pytest.mark.parametrize("point", ["generating", "labelled batch saved", "distilling", "testing"])
+def test_warm_generator_survives_a_kill(workspace, monkeypatch, point):  # noqa: F811
+    """A warm generator's weights and Adam state travel in last.pt and in the
+    labelled batch: a killed and resumed run equals an uninterrupted one."""
+    flags = ("--epochs=3", "--warm_generator")
+    straight, straight_dir = run_ideal(workspace, *flags, "--exp_name=warm_straight")
+    name = exp_name("warm_" + point)
+    with monkeypatch.context() as patch:
+        kill(patch, point)
+        with pytest.raises(Killed):
+            run_ideal(workspace, *flags, name)
+    resumed, run_dir = run_ideal(workspace, *flags, name, "--resume")
+    assert resumed["final_acc"] == straight["final_acc"] and resumed["queries"] == straight["queries"] == 30
+    a = load_checkpoint(os.path.join(straight_dir, "last.pt"), "cpu")
+    b = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")
+    assert torch.equal(a["pool"]["images"], b["pool"]["images"])
+    for key in a["synthesizer"]["generator"]:
+        assert torch.equal(a["synthesizer"]["generator"][key], b["synthesizer"]["generator"][key]), key
+    for key in a["student"]:
+        assert torch.equal(a["student"][key], b["student"][key]), key

@@ -700,3 +700,32 @@ def test_weight_average_is_the_reported_model():
     assert learner.reported is not model
     with pytest.raises(ValueError):
         Learner(model, 0.1, 0.0, 0.0, total_epochs=1, schedule="step")
+
+
+def test_warm_generator_carries_over_and_fresh_does_not():
+    student = tiny_net(classes=10, size=28)
+    for warm in (False, True):
+        torch.manual_seed(0)
+        synthesizer = IdealSynthesizer(Generator(nz=8, ngf=4, channels=1, size=28), nz=8, batch_size=12,
+                                       classes=10, g_steps=2, warm=warm)
+        synthesizer.synthesize(student)
+        after_first = [p.detach().clone() for p in synthesizer.generator.parameters()]
+        state = synthesizer.state_dict()
+        # the second batch starts from where the first ended (warm) or from a new draw (fresh)
+        starts = []
+        real_step = torch.optim.Adam.step
+        torch.optim.Adam.step = lambda self, *a, **k: starts.append(
+            [p.detach().clone() for p in synthesizer.generator.parameters()]) or real_step(self, *a, **k)
+        try:
+            synthesizer.synthesize(student)
+        finally:
+            torch.optim.Adam.step = real_step
+        same = all(torch.equal(a, b) for a, b in zip(after_first, starts[0]))
+        assert same == warm
+        assert (state is None) == (not warm)
+    restored = IdealSynthesizer(Generator(nz=8, ngf=4, channels=1, size=28), nz=8, batch_size=12,
+                                classes=10, g_steps=2, warm=True)
+    restored.load_state_dict(state)
+    for key, value in state["generator"].items():
+        assert torch.equal(restored.generator.state_dict()[key], value), key
+    assert restored.optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys()

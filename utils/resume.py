@@ -58,11 +58,14 @@ def paid_queries(run_dir: str) -> int:
         return json.load(f)["queries"]
 
 
-def save_labelled(run_dir: str, epoch: int, images, answers, g_losses, queries: int) -> None:
+def save_labelled(run_dir: str, epoch: int, images, answers, g_losses, queries: int,
+                  synthesizer=None) -> None:
     """Persist a batch the moment it is labelled. images (B, C, H, W) uint8;
-    answers (B,) or (B, classes), or None where relabel mode asks later."""
+    answers (B,) or (B, classes), or None where relabel mode asks later;
+    synthesizer: its state_dict() after making the batch (a warm generator)."""
     save_checkpoint({"epoch": epoch, "images": images, "answers": answers, "g_losses": g_losses,
-                     "queries": queries, "rng": rng_state()}, os.path.join(run_dir, LABELLED_FILE))
+                     "queries": queries, "rng": rng_state(), "synthesizer": synthesizer},
+                    os.path.join(run_dir, LABELLED_FILE))
 
 
 def load_labelled(run_dir: str, epoch: int, device):
