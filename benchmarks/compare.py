@@ -46,6 +46,8 @@ class Method:
 METHODS = {
     "ideal_cpu": Method("ideal.py", ("--method=ideal", "--preset=cpu"),
                         about="IDEAL, CPU preset (g_steps 10, ngf 16, lr_g 1e-2)"),
+    "ideal_cpu_warm": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--warm_generator"),
+                             about="IDEAL, CPU preset, generator kept warm across epochs (a lever, not the paper)"),
     "ideal_paper": Method("ideal.py", ("--method=ideal",),
                           about="IDEAL, the paper's settings (g_steps 30, ngf 64, lr_g 1e-3)"),
     "noise": Method("ideal.py", ("--method=noise",), about="uniform-noise images, each labelled once"),
