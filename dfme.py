@@ -23,6 +23,7 @@ from models import MODELS, Generator, ModelError, build_model
 from models.registry import check_fits
 from utils.evaluation import evaluate
 from utils.report import base_summary, log_test
+from utils.resume import JournaledTeacher, paid_queries
 from utils.run import (UserError, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
                        save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
 from utils.teacher import default_teacher_path, load_blackbox_teacher
@@ -99,10 +100,11 @@ def main(args):
     student = to_device(build_model(args.student_net, spec.channels, spec.size, spec.classes), device)
     generator = to_device(Generator(args.nz, args.ngf, spec.channels, spec.size), device)
     iterations = iterations_for_budget(args.query_budget, args.batch_size, args.g_iter, args.d_iter, args.grad_m)
+    run_dir = make_run_dir(args.save_dir, "dfme", args.exp_name, args.resume)
+    teacher = JournaledTeacher(teacher, run_dir)  # its count survives a kill in the middle of a call
     dfme = DFME(student, generator, teacher, iterations, batch_size=args.batch_size, nz=args.nz,
                 lr_s=args.lr_s, lr_g=args.lr_g, g_iter=args.g_iter, d_iter=args.d_iter, grad_m=args.grad_m,
                 grad_epsilon=args.grad_epsilon, lr_steps=args.lr_steps, lr_decay=args.lr_decay)
-    run_dir = make_run_dir(args.save_dir, "dfme", args.exp_name, args.resume)
     state = {"iteration": 0, "epoch": 0, "samples": 0, "best_acc": 0.0, "final_acc": 0.0, "wall_s": 0.0,
              "phase_s": dict.fromkeys(PHASES, 0.0)}
     if args.resume:
@@ -116,19 +118,31 @@ def main(args):
     t0 = time.time() - state["wall_s"]
     bar = tqdm(range(state["iteration"] + 1, iterations + 1), desc="dfme", initial=state["iteration"],
                total=iterations)
-    for iteration in bar:
-        losses = dfme.step(clock)
-        if iteration % args.eval_every and iteration < iterations:
-            continue
+    def test_and_save(iteration, losses):
         with clock("test"):
             test_loss, test_acc = evaluate(student, test_images, test_labels)
         # samples: generator images made (each generator-step image is probed grad_m + 1 times)
-        state.update(iteration=iteration, epoch=state["epoch"] + 1, final_acc=test_acc,
+        state.update(iteration=iteration, epoch=state["epoch"] + 1, final_acc=test_acc, tested_at=iteration,
                      best_acc=max(state["best_acc"], test_acc), wall_s=time.time() - t0,
                      samples=iteration * args.batch_size * (args.g_iter + args.d_iter))
         log_evaluation(writer, state["epoch"], teacher.queries, clock.totals, losses, dfme, test_loss, test_acc)
         bar.set_postfix(acc=f"{test_acc:.2f}", queries=teacher.queries)
         save_run(run_dir, args, state, dfme, teacher)
+
+    for iteration in bar:
+        if teacher.remaining < dfme.queries_per_iteration:  # a resume re-paid a killed iteration
+            tqdm.write(f"query budget of {args.query_budget} spent after {iteration - 1} iterations")
+            if state.get("tested_at") != state["iteration"]:
+                test_and_save(state["iteration"], None)
+            break
+        losses = dfme.step(clock)
+        if iteration % args.eval_every and iteration < iterations \
+                and teacher.remaining >= dfme.queries_per_iteration:
+            # last.pt every iteration: a kill re-pays at most the one iteration it interrupted
+            state.update(iteration=iteration, wall_s=time.time() - t0)
+            save_run(run_dir, args, state, dfme, teacher)
+            continue
+        test_and_save(iteration, losses)
     writer.close()
     summary = make_summary(args, state, teacher, teacher_acc, device, dfme)
     save_json(summary, os.path.join(run_dir, "summary.json"))
@@ -142,8 +156,8 @@ def main(args):
 def log_evaluation(writer, index, queries, phase_s, losses, dfme, test_loss, test_acc):
     """The shared test tags, plus DFME's last losses, learning rates and phase times."""
     log_test(writer, index, queries, test_loss, test_acc)
-    writer.add_scalar("loss/generator", losses["generator"], index)
-    writer.add_scalar("loss/student", losses["student"], index)
+    for name, value in (losses or {}).items():  # None when the run resumed straight into its end
+        writer.add_scalar(f"loss/{name}", value, index)
     writer.add_scalar("lr/student", dfme.optimizer_s.param_groups[0]["lr"], index)
     writer.add_scalar("lr/generator", dfme.optimizer_g.param_groups[0]["lr"], index)
     for phase, seconds in phase_s.items():
@@ -171,7 +185,8 @@ def resume(run_dir, args, device, dfme, teacher):
         raise UserError(f"--resume: {run_dir} was started with other settings ({'; '.join(changed)})")
     dfme.load_state_dict(ckpt.pop("dfme"))
     set_rng_state(ckpt.pop("rng"))
-    teacher.queries = ckpt.pop("queries")  # paid for by the interrupted run
+    # paid for by the interrupted run: the write-ahead count also covers a call cut short by the kill
+    teacher.queries = max(ckpt.pop("queries"), paid_queries(run_dir))
     ckpt.pop("config")
     return ckpt
 

@@ -35,7 +35,7 @@ from utils.resume import (JournaledTeacher, load_labelled, paid_queries, record_
 from utils.run import (UserError, amp_autocast, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
                        save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
 from utils.remote import connect_teacher
-from utils.teacher import default_teacher_path, load_blackbox_teacher
+from utils.teacher import default_teacher_path, file_sha256, load_blackbox_teacher
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # presets, one JSON each
 
@@ -121,6 +121,8 @@ def resolve_args(args):
     args.student_net = args.student_net or args.net
     args.exp_name = args.exp_name or f"{args.dataset}_{args.net}_{args.student_net}"
     args.teacher_ckpt = args.teacher_ckpt or default_teacher_path(args.save_dir, args.dataset, args.net)
+    # which teacher this run asks, beyond its path: pretrain.py may replace the file with a better one
+    args.teacher_sha256 = None if args.teacher_url else file_sha256(args.teacher_ckpt)
     if args.distill_aug == "auto":
         spec = get_spec(args.dataset)
         args.distill_aug = (reference_augment(spec.size, spec.channels) if args.relabel_every_epoch
@@ -145,13 +147,16 @@ def resolve_args(args):
 DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", "pool_batches", "seed",
             "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
             "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
-            "lr_schedule", "ema_decay", "warm_generator")
+            "lr_schedule", "ema_decay", "warm_generator", "amp", "teacher_ckpt", "teacher_url")
 
 
 def check_resume(args, saved, epochs_done, queries):
     """Refuse a command line that would change the run being resumed (one
     line naming the flag); allow a longer run and any budget not yet spent."""
     refuse_changes(saved, args, DEFINING)
+    if saved.get("teacher_sha256") and saved["teacher_sha256"] != args.teacher_sha256:
+        raise UserError(f"--resume: the teacher file {args.teacher_ckpt} is not the one this run began with "
+                        "(its sha256 differs); answers of two teachers cannot share one pool, start a new run")
     if args.query_budget and args.query_budget < queries:
         raise UserError(f"--resume: --query_budget={args.query_budget} is below the {queries} queries "
                         "this run has already spent")
@@ -340,6 +345,8 @@ def resume(resumed, args, device, parts, teacher):
     ckpt.pop("config", None)
     pending = load_labelled(run_dir, ckpt["epoch"] + 1, device)
     teacher.queries = max(queries, pending["queries"] if pending else 0)  # the write-ahead count covers it
+    if args.teacher_url:  # the provider's bill is the count: it never billed a batch it did not answer
+        teacher.queries = teacher.usage()["run_used"]
     ckpt["budget_hit"] = ckpt["budget_hit"] and teacher.remaining <= 0  # a larger budget reopens generation
     best = os.path.join(run_dir, "best.pt")
     if os.path.isfile(best):  # written before last.pt: never behind it

@@ -55,8 +55,8 @@ def parse_args(argv=None):
                    help="images per SGD step; per process under torchrun (global batch = N x this)")
     p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate")
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
-                   help="Nesterov momentum (the reference: --no-nesterov)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (default: on with --schedule onecycle, off with none as in the reference)")
     p.add_argument("--weight_decay", type=float, default=5e-4)
     p.add_argument("--schedule", default="onecycle", choices=["onecycle", "none"],
                    help="onecycle: linear warm-up over the first 15%% of steps from lr/25, then cosine "
@@ -95,6 +95,8 @@ def resolve_args(args):
     for name in ("momentum", "weight_decay"):
         if not getattr(args, name) >= 0:
             raise UserError(f"--{name} must be >= 0")
+    if args.nesterov is None:
+        args.nesterov = args.schedule == "onecycle"
     if args.nesterov and args.momentum == 0:
         raise UserError("--nesterov needs --momentum above 0; add --no-nesterov")
     return args

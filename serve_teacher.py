@@ -294,7 +294,10 @@ def build_service(args) -> TeacherService:
 def main(args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     service = build_service(args)
-    server = make_server(service, args.host, args.port)
+    try:
+        server = make_server(service, args.host, args.port)
+    except OSError as err:  # a port in use, an address not on this machine
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror}; choose another --port") from None
     host, port = server.server_address[:2]
     print(f"serving a {service.teacher.mode}-label teacher ({'x'.join(map(str, service.input_shape))} -> "
           f"{service.classes} classes) on http://{host}:{port}/v1/predict; ledger {args.ledger}", flush=True)

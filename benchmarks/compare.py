@@ -61,6 +61,9 @@ BUDGETS = {"mnist": (5000, 10000, 25000), "fmnist": (5000, 10000, 25000, 50000)}
 # The teacher per dataset, trained once by pretrain.py with the README's recipe:
 # 3 epochs reach 99.2% on MNIST (the quickstart's teacher); FMNIST gets 10.
 TEACHER_EPOCHS = {"mnist": 3, "fmnist": 10}
+# flags whose effect depends on the run's length: with them a run stopped early
+# is not the run at a smaller budget
+BUDGET_DEPENDENT = {"--lr_schedule", "--distill_epochs", "--epochs"}
 RUN_KIND = {"ideal.py": "ideal", "dfme.py": "dfme"}  # the run folder kind each script uses
 
 
@@ -94,6 +97,9 @@ def parse_args(argv=None):
     for name in args.methods:
         if name not in METHODS:
             p.error(f"unknown method '{name}'; known: {', '.join(METHODS)}")
+    for flag in args.job_flags.split():
+        if flag.split("=")[0] in BUDGET_DEPENDENT:  # smaller budgets could not be read off one run
+            p.error(f"{flag} makes a run depend on its length; give it a method of its own with per_budget=True")
     for name in args.datasets:
         if name not in BUDGETS and not args.budgets:
             p.error(f"no default budgets for '{name}'; pass --budgets")
@@ -156,10 +162,13 @@ def ensure_teachers(args):
             continue
         epochs = args.teacher_epochs or TEACHER_EPOCHS.get(dataset, 10)
         tqdm.write(f"training the {dataset} teacher ({epochs} epochs) -> {path}")
-        subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py"), f"--dataset={dataset}",
-                        f"--net={args.net}", f"--epochs={epochs}", f"--save_dir={args.save_dir}",
-                        f"--data_dir={args.data_dir}"], check=True,
-                       env=job_env(args, "cpu"), stdout=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py"), f"--dataset={dataset}",
+                               f"--net={args.net}", f"--epochs={epochs}", f"--save_dir={args.save_dir}",
+                               f"--data_dir={args.data_dir}"], env=job_env(args, "cpu"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            sys.exit(f"compare: training the {dataset} teacher failed: {last}")
 
 
 def job_env(args, device):
@@ -265,8 +274,7 @@ def collect(args, jobs):
                 continue
             final, best, queries, seconds = point
             if budget == job.budget:  # the run's own end: the summary is the authority
-                final, best, queries, seconds = (summary["final_acc"], summary["best_acc"],
-                                                 summary["queries"], summary["wall_s"])
+                final, best, queries = summary["final_acc"], summary["best_acc"], summary["queries"]
             records.append({"method": job.method, "dataset": job.dataset, "seed": job.seed,
                             "budget": budget, "final_acc": final, "best_acc": best, "queries": queries,
                             "wall_s": round(seconds, 1), "teacher_acc": summary["teacher_acc"],
@@ -303,7 +311,7 @@ def markdown(rows, args):
         ours = [r for r in rows if r["dataset"] == dataset]
         lines += [f"## {dataset} (teacher {args.net}, {ours[0]['teacher_acc']:.2f}%)", "",
                   "| method | budget | queries used (max) | final acc | best acc (test-selected) "
-                  "| seeds | wall s (mean) | device |",
+                  "| seeds | seconds to reach it (mean) | device |",
                   "|---|---:|---:|---:|---:|---|---:|---|"]
         for r in ours:
             std = "" if math.isnan(r["final_std"]) else f" +- {r['final_std']:.2f}"

@@ -129,7 +129,8 @@ class DFME:
                                            weight_decay=weight_decay)
         self.optimizer_g = torch.optim.Adam(generator.parameters(), lr=lr_g,
                                             fused=self.device.type in ("cpu", "cuda"))
-        milestones = sorted(int(f * iterations) for f in lr_steps)
+        # at least 1: a milestone at 0 would decay the learning rates before the first step
+        milestones = sorted(max(1, int(f * iterations)) for f in lr_steps)
         self.scheduler_s = torch.optim.lr_scheduler.MultiStepLR(self.optimizer_s, milestones, lr_decay)
         self.scheduler_g = torch.optim.lr_scheduler.MultiStepLR(self.optimizer_g, milestones, lr_decay)
 

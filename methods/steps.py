@@ -26,7 +26,7 @@ def frozen(model):
 def affordable(teacher, x: torch.Tensor) -> torch.Tensor:
     """The batch quantised to uint8 as it will be stored, cut to what the
     teacher's budget still allows. x (B, C, H, W) in [0, 1] -> uint8 (<=B, ...)."""
-    return to_uint8(x)[:int(min(len(x), teacher.remaining))]
+    return to_uint8(x)[:max(0, int(min(len(x), teacher.remaining)))]
 
 
 def label_once(teacher, x: torch.Tensor):
@@ -73,7 +73,7 @@ def distill_relabel(student, optimizer, pool, augment, batch_size, teacher, on_s
     student.train()
     loss_sum, agree, seen = 0.0, 0, 0
     for images, _ in pool.batches(batch_size):
-        x = augment(to_float(images))[:int(min(len(images), teacher.remaining))]
+        x = augment(to_float(images))[:max(0, int(min(len(images), teacher.remaining)))]
         if len(x) == 0:
             break
         loss, hits = train_step(student, optimizer, x, teacher(x), autocast)

@@ -131,3 +131,10 @@ def test_per_budget_method_runs_once_per_budget():
                      "mnist-dfme-b25000-s2", "mnist-noise-s1", "mnist-noise-s2"]
     with pytest.raises(SystemExit):
         compare.parse_args(["--methods=nope"])
+
+
+def test_flags_that_depend_on_the_run_length_are_refused():
+    """With a cosine schedule a run stopped early is not the run at a smaller budget."""
+    for flag in ("--lr_schedule=cosine", "--distill_epochs=5"):
+        with pytest.raises(SystemExit):
+            compare.parse_args([f"--job_flags={flag}"])

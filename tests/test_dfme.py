@@ -191,3 +191,42 @@ def test_missing_query_budget_is_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: --query_budget is required: DFME's schedule is laid out over the iterations it pays for"]
+
+
+def test_dfme_kill_mid_iteration_never_undercounts(workspace, monkeypatch):
+    """Killed after iteration 3's generator step had been answered (last.pt is
+    written every iteration, the count before every call): the resumed run pays
+    for that step again and counts it, and the count equals the teacher's own log."""
+    answered, real_call = [], BlackBoxTeacher.__call__
+
+    def logged(self, images):
+        answers = real_call(self, images)
+        answered.append(len(images))
+        return answers
+
+    monkeypatch.setattr(BlackBoxTeacher, "__call__", logged)
+    real_student_step, calls = dfme.DFME.student_step, []
+
+    def crash_in_third_iteration(self):
+        calls.append(1)
+        if len(calls) == 2 * 2 + 1:  # d_iter=2 student steps per iteration: the first of iteration 3
+            raise KeyboardInterrupt
+        return real_student_step(self)
+
+    flags = ["--query_budget=200", "--eval_every=50", "--exp_name=killed_mid"]
+    with monkeypatch.context() as patch:
+        patch.setattr(dfme.DFME, "student_step", crash_in_third_iteration)
+        with pytest.raises(KeyboardInterrupt):
+            run_dfme(workspace, *flags)
+    resumed, _ = run_dfme(workspace, *flags, "--resume")
+    assert resumed["queries"] == sum(answered) == 180 <= 200  # 130 before the kill, 50 after
+    assert resumed["iterations"] == 3
+
+
+def test_dfme_schedule_never_decays_before_the_first_step():
+    """With 2 iterations, int(0.1 * 2) = 0 would be a milestone that decays at once."""
+    student, generator = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), Generator(nz=4, ngf=2, channels=1, size=4)
+    teacher = BlackBoxTeacher(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), mode="soft")
+    method = DFME(student, generator, teacher, iterations=2, batch_size=2, nz=4)
+    assert method.optimizer_s.param_groups[0]["lr"] == 0.1
+    assert method.optimizer_g.param_groups[0]["lr"] == 1e-4

@@ -185,7 +185,8 @@ CHANGED = {"dataset": "fmnist", "net": "mlp", "student_net": "mlp", "method": "n
            "batch_size": 20, "pool_batches": 5, "seed": 1, "nz": 16, "ngf": 8, "g_steps": 3, "lr": 0.02,
            "lr_g": 0.002, "momentum": 0.5, "weight_decay": 0.001, "lambda_info": 1.0,
            "relabel_every_epoch": True, "distill_aug": "flip", "lr_schedule": "cosine", "ema_decay": 0.9,
-           "warm_generator": True}
+           "warm_generator": True, "amp": True, "teacher_ckpt": "another_teacher.pt",
+           "teacher_url": "http://127.0.0.1:9"}
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +206,9 @@ def test_resume_refuses_a_changed_setting(two_epochs, flag):
     given = f"--{flag}" if value is True else f"--{flag}={value}"
     with pytest.raises(UserError) as err:
         run_ideal(two_epochs, "--epochs=2", exp_name("refuse"), given, "--resume")
+    if flag == "amp" and not torch.cuda.is_available():  # refused even earlier, as on any CPU run
+        assert str(err.value).startswith("--amp is bf16 autocast for CUDA")
+        return
     assert str(err.value).startswith(f"--resume: this run has --{flag}=")
     assert f"the command line says --{flag}=" in str(err.value) and "\n" not in str(err.value)
 
@@ -294,3 +298,15 @@ def test_warm_generator_survives_a_kill(workspace, monkeypatch, point):  # noqa:
         assert torch.equal(a["synthesizer"]["generator"][key], b["synthesizer"]["generator"][key]), key
     for key in a["student"]:
         assert torch.equal(a["student"][key], b["student"][key]), key
+
+
+def test_resume_refuses_a_replaced_teacher_file(workspace, tmp_path):  # noqa: F811
+    """Same path, other teacher (pretrain.py replaces a teacher with a better
+    one by design): the pool must not mix two teachers' answers."""
+    teacher = str(tmp_path / "teacher.pt")
+    ckpt = load_checkpoint(workspace["pretrain"]["teacher_ckpt"], "cpu")
+    torch.save(ckpt, teacher)
+    run_ideal(workspace, "--epochs=1", f"--teacher_ckpt={teacher}", "--exp_name=replaced")
+    torch.save({**ckpt, "test_acc": ckpt["test_acc"] + 1}, teacher)
+    with pytest.raises(UserError, match="is not the one this run began with"):
+        run_ideal(workspace, "--epochs=2", f"--teacher_ckpt={teacher}", "--exp_name=replaced", "--resume")

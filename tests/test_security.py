@@ -68,6 +68,13 @@ def test_run_checkpoint_as_teacher_is_refused(tmp_path):
 
 def test_rng_state_loads_safely(tmp_path):
     """Every RNG stream, numpy's included, survives a weights_only round trip."""
+    import random
+
+    import numpy as np
     path = str(tmp_path / "rng.pt")
     run.save_checkpoint({"rng": run.rng_state()}, path)
-    torch.load(path, weights_only=True)
+    first = (torch.rand(3), random.random(), np.random.rand(2))
+    run.set_rng_state(torch.load(path, weights_only=True)["rng"])
+    second = (torch.rand(3), random.random(), np.random.rand(2))
+    assert torch.equal(first[0], second[0]) and first[1] == second[1]
+    assert np.array_equal(first[2], second[2])

@@ -328,11 +328,14 @@ def test_killed_and_resumed_run_pays_no_sample_twice(serve, data_dir, tmp_path, 
         return answers
 
     monkeypatch.setattr(RemoteBlackBox, "__call__", dies_on_third)
+    # a binding budget: the write-ahead count (30) must not stop the resumed run
+    # from asking the batch the server never saw (it billed 20)
+    budget = ["--query_budget=30"] if when == "before the request" else []
     with pytest.raises(Killed):
-        run_remote(data_dir, str(tmp_path), served.url, "--exp_name=killed")
+        run_remote(data_dir, str(tmp_path), served.url, "--exp_name=killed", *budget)
     assert served.used("alice") == (30 if when == "after the answer" else 20)
     monkeypatch.setattr(RemoteBlackBox, "__call__", real_call)
-    summary, _ = run_remote(data_dir, str(tmp_path), served.url, "--exp_name=killed", "--resume")
+    summary, _ = run_remote(data_dir, str(tmp_path), served.url, "--exp_name=killed", "--resume", *budget)
     assert summary["queries"] == served.used("alice") == summary["samples"] == 30
     with sqlite3.connect(served.ledger_path) as db:
         assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 3  # one billed request per epoch
@@ -498,3 +501,39 @@ def test_bad_keys_file_is_one_line(tmp_path, table, message):
     path.write_text(json.dumps(table))
     with pytest.raises(UserError, match=message):
         serve_teacher.load_keys(str(path))
+
+
+def test_client_never_follows_a_redirect_with_the_key(monkeypatch):
+    """A 3xx would make urllib re-send the Authorization header to its target;
+    the client refuses it, and the target never sees the key."""
+    import http.server
+    seen = []
+
+    class Catcher(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    catcher = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Catcher)
+
+    class Redirector(Catcher):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{catcher.server_address[1]}/steal")
+            self.end_headers()
+
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
+    for server in (catcher, redirector):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(RemoteTeacherError, match="302"):
+            RemoteBlackBox(f"http://127.0.0.1:{redirector.server_address[1]}", "secret-key", retries=0)
+    finally:
+        for server in (catcher, redirector):
+            server.shutdown()
+            server.server_close()
+    assert seen == []

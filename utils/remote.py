@@ -96,6 +96,18 @@ def batch_digest(pixels: np.ndarray) -> str:
     return hashlib.sha256(repr(pixels.shape).encode() + np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
+class RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would follow a 3xx and send the Authorization header (the API key)
+    to wherever it points; a teacher API has no reason to redirect, so a 3xx is
+    an answer like any other non-200, and the key goes nowhere else."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+NO_REDIRECTS = urllib.request.build_opener(RefuseRedirects)
+
+
 class RemoteBlackBox:
     """BlackBoxTeacher's interface (queries, remaining, budget, mode, __call__)
     over HTTP. Its count is the server's bill for this run, read from every
@@ -195,7 +207,7 @@ class RemoteBlackBox:
                                          headers={"Authorization": f"Bearer {self._key}", **(headers or {})})
         for attempt in range(self.retries + 1):
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
+                with NO_REDIRECTS.open(request, timeout=self.timeout_s) as reply:
                     return reply.status, reply.headers, reply.read()
             except urllib.error.HTTPError as err:
                 status, reply_headers, payload = err.code, err.headers, err.read()

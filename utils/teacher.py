@@ -13,6 +13,7 @@ accuracy come from the file's extra meta.json:
 {"input_shape": [C, H, W], "classes": K, "test_acc": percent}.
 """
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -40,6 +41,17 @@ class TeacherInfo(NamedTuple):
     test_acc: Optional[float]  # % on the real test set, as whoever trained it measured it
     dataset: Optional[str]  # dataset and registry net: pretrain.py's checkpoints only
     net: Optional[str]
+
+
+def file_sha256(path: str):
+    """The file's SHA-256 in hex, or None if there is no such file."""
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def default_teacher_path(save_dir: str, dataset: str, net: str) -> str:
