@@ -56,7 +56,7 @@ METHODS = {
     "dfme": Method("dfme.py", (), per_budget=True,
                    about="DFME (soft labels, zeroth-order gradients through the teacher)"),
 }
-DEFAULT_METHODS = ("ideal_cpu", "noise", "random_generator", "ideal_paper", "dfme")
+DEFAULT_METHODS = ("ideal_cpu", "ideal_cpu_warm", "noise", "random_generator", "ideal_paper", "dfme")
 BUDGETS = {"mnist": (5000, 10000, 25000), "fmnist": (5000, 10000, 25000, 50000)}
 # The teacher per dataset, trained once by pretrain.py with the README's recipe:
 # 3 epochs reach 99.2% on MNIST (the quickstart's teacher); FMNIST gets 10.
@@ -269,6 +269,8 @@ def collect(args, jobs):
         curve = read_curve(folder)
         budgets = [job.budget] if METHODS[job.method].per_budget else budgets_for(args, job.dataset)
         for budget in budgets:
+            if summary.get("query_budget") and budget > summary["query_budget"]:
+                continue  # this run was never given that many queries: it says nothing about them
             point = at_budget(curve, budget)
             if point is None:
                 continue
