@@ -33,6 +33,8 @@ from queue import Queue
 from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from utils.report import newest_per_step  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,7 @@ def read_curve(folder):
     tags = events.Tags()["scalars"]
 
     def by_step(tag):
-        return {e.step: e.value for e in sorted(events.Scalars(tag), key=lambda e: e.wall_time)}
+        return newest_per_step(events.Scalars(tag))
 
     acc, queries = by_step("test/acc"), by_step("queries")
     seconds = [by_step(t) for t in tags if t.startswith("time/")]

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils.report import newest_per_step  # noqa: E402
 from utils.run import load_checkpoint  # noqa: E402
 
 PER_CLASS = 10  # images per row of the synthetic grid
@@ -39,13 +40,12 @@ def load_run(run_dir):
         summary = json.load(f)
     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
     events.Reload()
-    return summary, {tag: newest_per_step(events.Scalars(tag)) for tag in ("test/acc", "test_by_queries/acc")}
+    return summary, {tag: curve(events.Scalars(tag)) for tag in ("test/acc", "test_by_queries/acc")}
 
 
-def newest_per_step(scalars):
-    """(steps, values) in step order. A step logged twice (the epoch a kill
-    interrupted, logged again by the resume) keeps its newer value."""
-    latest = {e.step: e.value for e in sorted(scalars, key=lambda e: e.wall_time)}
+def curve(scalars):
+    """(steps, values) in step order, a repeated step keeping its newer value."""
+    latest = newest_per_step(scalars)
     steps = sorted(latest)
     return steps, [latest[s] for s in steps]
 

@@ -424,4 +424,4 @@ def test_make_figs_keeps_the_newer_of_a_repeated_epoch(tmp_path):
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     events.Reload()
     figs = load_script("scripts/make_figs.py")
-    assert figs.newest_per_step(events.Scalars("test/acc")) == ([1, 2, 3], [10.0, 25.0, 30.0])
+    assert figs.curve(events.Scalars("test/acc")) == ([1, 2, 3], [10.0, 25.0, 30.0])

@@ -24,3 +24,9 @@ def base_summary(method: str, args, state: dict, queries: int, teacher_acc: floa
         "epochs_run": state["epoch"], "queries": queries, "samples": state["samples"],
         "wall_s": round(state["wall_s"], 1), "device": str(device), "threads": torch.get_num_threads(),
     }
+
+
+def newest_per_step(scalars) -> dict:
+    """{step: value} of TensorBoard scalar events. A step logged twice (the epoch
+    a kill interrupted, logged again by the resume) keeps its newer value."""
+    return {e.step: e.value for e in sorted(scalars, key=lambda e: e.wall_time)}
