@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from datasets import DATASETS, DatasetError, get_spec, load_split
+from datasets import DATASETS, EVAL_SPLITS, DatasetError, get_spec, load_eval_split
 from methods import (PHASES, SYNTHESIZERS, Clock, IdealSynthesizer, NoiseSynthesizer,
                      RandomGeneratorSynthesizer, distill, distill_relabel, label_once)
 from methods.steps import affordable
@@ -64,6 +64,10 @@ def parse_args(argv=None):
     p.add_argument("--warm_generator", action="store_true",
                    help="keep the generator and its Adam state from epoch to epoch instead of re-initialising "
                         "it every epoch (the paper); each epoch still draws a fresh z")
+    p.add_argument("--candidates", type=int, default=1,
+                   help="over-generate: train the generator on K*batch_size images, then pay the teacher for "
+                        "only the batch_size the student is least sure of (highest entropy, balanced over the "
+                        "generator's targets); costs K times the generator's time, no query (1 = off, the paper)")
     p.add_argument("--lr_schedule", default="constant", choices=SCHEDULES,
                    help="student learning rate over the run: constant (the reference) or cosine to zero "
                         "at the last epoch, distill-only epochs included")
@@ -83,6 +87,9 @@ def parse_args(argv=None):
                    help="allow a .pt2 or TorchScript teacher: loading one can run code the file carries")
     p.add_argument("--teacher_url", default=None,
                    help="ask a teacher served by serve_teacher.py instead, with the API key in $IDEAL_TEACHER_KEY")
+    p.add_argument("--eval_split", default="test", choices=EVAL_SPLITS,
+                   help="score the student on the real test set, or on val: the last 10,000 real training "
+                        "images, never trained on, for choosing hyperparameters without the test set")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--data_dir", default="data", help="where the real test set is found (or fetched to)")
     p.add_argument("--save_dir", default="runs", help="run folders go to SAVE_DIR/ideal/EXP_NAME")
@@ -127,12 +134,15 @@ def resolve_args(args):
         spec = get_spec(args.dataset)
         args.distill_aug = (reference_augment(spec.size, spec.channels) if args.relabel_every_epoch
                             else spec.label_safe_augment)
-    for name in ("epochs", "batch_size", "pool_batches", "g_steps", "nz", "ngf"):
+    for name in ("epochs", "batch_size", "pool_batches", "g_steps", "nz", "ngf", "candidates"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1")
     for name in ("lr", "lr_g"):
         if not getattr(args, name) > 0:  # `not >` refuses NaN too
             raise UserError(f"--{name} must be positive")
+    if args.method != "ideal" and (args.candidates > 1 or args.warm_generator):
+        raise UserError(f"--candidates and --warm_generator shape IDEAL's generator; --method={args.method} "
+                        "has none to shape (use --method=ideal)")
     if not 0 <= args.ema_decay < 1:
         raise UserError("--ema_decay must be in [0, 1) (0 = no average)")
     for name in ("momentum", "weight_decay", "query_budget", "distill_epochs"):
@@ -147,7 +157,8 @@ def resolve_args(args):
 DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", "pool_batches", "seed",
             "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
             "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
-            "lr_schedule", "ema_decay", "warm_generator", "amp", "teacher_ckpt", "teacher_url")
+            "lr_schedule", "ema_decay", "warm_generator", "amp", "teacher_ckpt", "teacher_url", "eval_split",
+            "candidates")
 
 
 def check_resume(args, saved, epochs_done, queries):
@@ -182,7 +193,8 @@ def build_synthesizer(args, spec, device, autocast):
     if args.method == "random_generator":
         return RandomGeneratorSynthesizer(generator, args.nz, args.batch_size, autocast)
     return IdealSynthesizer(generator, args.nz, args.batch_size, spec.classes, args.g_steps,
-                            args.lr_g, args.lambda_info, autocast=autocast, warm=args.warm_generator)
+                            args.lr_g, args.lambda_info, autocast=autocast, warm=args.warm_generator,
+                            candidates=args.candidates)
 
 
 def main(args):
@@ -198,7 +210,7 @@ def main(args):
                         args.bb_mode, args.query_budget) if args.teacher_url else
         load_blackbox_teacher(args.teacher_ckpt, args.dataset, args.net, args.bb_mode, args.query_budget,
                               device, args.trust_teacher_code, autocast))
-    test_images, test_labels = (t.to(device) for t in load_split(args.dataset, args.data_dir, train=False))
+    test_images, test_labels = (t.to(device) for t in load_eval_split(args.dataset, args.data_dir, args.eval_split))
     student = to_device(build_model(args.student_net, spec.channels, spec.size, spec.classes), device)
     synthesizer = build_synthesizer(args, spec, device, autocast)
     learner = Learner(student, args.lr, args.momentum, args.weight_decay, args.epochs + args.distill_epochs,
@@ -259,13 +271,13 @@ def main(args):
         is_best = test_acc > state["best_acc"]
         state["best_acc"] = max(state["best_acc"], test_acc)
         log_epoch(writer, epoch, teacher.queries, clock.totals,
-                  {"loss": d_loss, "agreement": d_agree, "lr": learner.lr}, test_loss, test_acc)
+                  {"loss": d_loss, "agreement": d_agree, "lr": learner.lr}, test_loss, test_acc, args.eval_split)
         bar.set_postfix(acc=f"{test_acc:.2f}", queries=teacher.queries)
         save_run(run_dir, vars(args), state, (learner, synthesizer, pool), teacher, is_best)
     writer.close()
     summary = make_summary(args, state, teacher, teacher_acc, device)
     save_json(summary, os.path.join(run_dir, "summary.json"))
-    print(f"student {args.student_net} on {args.dataset}: final test accuracy {summary['final_acc']:.2f}% "
+    print(f"student {args.student_net} on {args.dataset}: final {args.eval_split} accuracy {summary['final_acc']:.2f}% "
           f"(best {summary['best_acc']:.2f}%), teacher {teacher_acc:.2f}%, "
           f"teacher queries {summary['queries']:,}, synthetic samples {summary['samples']:,}, "
           f"{summary['wall_s']:.0f}s; summary in {run_dir}/summary.json")
@@ -294,8 +306,8 @@ def log_generation(writer, epoch, images, answers, g_losses, classes):
         writer.add_histogram("teacher/labels", hard, epoch, bins=classes)
 
 
-def log_epoch(writer, epoch, queries, phase_s, distill_stats, test_loss, test_acc):
-    log_test(writer, epoch, queries, test_loss, test_acc)
+def log_epoch(writer, epoch, queries, phase_s, distill_stats, test_loss, test_acc, split="test"):
+    log_test(writer, epoch, queries, test_loss, test_acc, split)
     writer.add_scalar("distill/loss", distill_stats["loss"], epoch)
     writer.add_scalar("distill/agreement", distill_stats["agreement"], epoch)
     writer.add_scalar("distill/lr", distill_stats["lr"], epoch)  # the lr of the next epoch
@@ -370,6 +382,7 @@ def make_summary(args, state, teacher, teacher_acc, device):
         "batch_size": args.batch_size, "g_steps": args.g_steps, "ngf": args.ngf,
         "relabel_every_epoch": args.relabel_every_epoch, "distill_aug": args.distill_aug,
         "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "warm_generator": args.warm_generator,
+        "candidates": args.candidates, "eval_split": args.eval_split,  # best_acc and final_acc are on this split
         "reference_code_queries": reference_code_queries(args.epochs, args.distill_epochs,
                                                          args.batch_size, args.pool_batches),
         "phase_s": {k: round(v, 1) for k, v in state["phase_s"].items()},

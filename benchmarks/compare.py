@@ -233,9 +233,9 @@ def run_all(args, jobs):
 
 # ---------------------------------------------------------------- reading runs
 
-def read_curve(folder):
-    """[(queries, test acc, seconds so far)] of a run, in order, one point per
-    evaluation; a resumed run's repeated steps keep their newest value."""
+def read_curve(folder, split="test"):
+    """[(queries, accuracy on `split`, seconds so far)] of a run, in order, one
+    point per evaluation; a resumed run's repeated steps keep their newest value."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(folder, size_guidance={"scalars": 0})
     events.Reload()
@@ -244,7 +244,7 @@ def read_curve(folder):
     def by_step(tag):
         return newest_per_step(events.Scalars(tag))
 
-    acc, queries = by_step("test/acc"), by_step("queries")
+    acc, queries = by_step(f"{split}/acc"), by_step("queries")
     seconds = [by_step(t) for t in tags if t.startswith("time/")]
     return [(int(queries[e]), acc[e], sum(s.get(e, 0.0) for s in seconds)) for e in sorted(acc)]
 
@@ -268,7 +268,8 @@ def collect(args, jobs):
             continue
         with open(os.path.join(folder, "summary.json")) as f:
             summary = json.load(f)
-        curve = read_curve(folder)
+        split = summary.get("eval_split", "test")  # val: held-out training images (ideal.py --eval_split)
+        curve = read_curve(folder, split)
         budgets = [job.budget] if METHODS[job.method].per_budget else budgets_for(args, job.dataset)
         for budget in budgets:
             if summary.get("query_budget") and budget > summary["query_budget"]:
@@ -279,7 +280,7 @@ def collect(args, jobs):
             final, best, queries, seconds = point
             if budget == job.budget:  # the run's own end: the summary is the authority
                 final, best, queries = summary["final_acc"], summary["best_acc"], summary["queries"]
-            records.append({"method": job.method, "dataset": job.dataset, "seed": job.seed,
+            records.append({"method": job.method, "dataset": job.dataset, "seed": job.seed, "eval_split": split,
                             "budget": budget, "final_acc": final, "best_acc": best, "queries": queries,
                             "wall_s": round(seconds, 1), "teacher_acc": summary["teacher_acc"],
                             "device": summary["device"], "threads": summary.get("threads"),
@@ -291,11 +292,12 @@ def aggregate(records):
     """Mean +- std (sample std, n-1) over seeds per (dataset, method, budget)."""
     groups = {}
     for r in records:
-        groups.setdefault((r["dataset"], r["method"], r["budget"]), []).append(r)
+        groups.setdefault((r["dataset"], r["method"], r["budget"], r["eval_split"]), []).append(r)
     rows = []
-    for (dataset, method, budget), rs in sorted(groups.items()):
+    for (dataset, method, budget, split), rs in sorted(groups.items()):
         finals, bests = [r["final_acc"] for r in rs], [r["best_acc"] for r in rs]
-        rows.append({"dataset": dataset, "method": method, "budget": budget, "seeds": [r["seed"] for r in rs],
+        rows.append({"dataset": dataset, "method": method, "budget": budget, "eval_split": split,
+                     "seeds": [r["seed"] for r in rs],
                      "final_mean": statistics.mean(finals),
                      "final_std": statistics.stdev(finals) if len(rs) > 1 else float("nan"),
                      "best_mean": statistics.mean(bests),
@@ -310,7 +312,8 @@ def markdown(rows, args):
     lines = ["# IDEAL and baselines at equal, counted query budgets", "",
              "Written by `python benchmarks/compare.py`. Final = the student after the last epoch "
              "(no selection); best = the highest test accuracy along the way, which is selected on "
-             "the test set. Mean +- std over the seeds listed (sample std).", ""]
+             "the test set. Mean +- std over the seeds listed (sample std). A method marked [val] was "
+             "scored on held-out training images (ideal.py --eval_split=val), not the test set.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         ours = [r for r in rows if r["dataset"] == dataset]
         lines += [f"## {dataset} (teacher {args.net}, {ours[0]['teacher_acc']:.2f}%)", "",
@@ -319,7 +322,8 @@ def markdown(rows, args):
                   "|---|---:|---:|---:|---:|---|---:|---|"]
         for r in ours:
             std = "" if math.isnan(r["final_std"]) else f" +- {r['final_std']:.2f}"
-            lines.append(f"| {r['method']} | {r['budget']:,} | {r['queries_max']:,} | "
+            scored = "" if r["eval_split"] == "test" else f" [{r['eval_split']}]"
+            lines.append(f"| {r['method']}{scored} | {r['budget']:,} | {r['queries_max']:,} | "
                          f"**{r['final_mean']:.2f}{std}** | {r['best_mean']:.2f} | "
                          f"{len(r['seeds'])} ({','.join(map(str, r['seeds']))}) | {r['wall_s_mean']:.0f} | "
                          f"{r['device']}, {r['threads']} thread(s) |")

@@ -81,6 +81,25 @@ def load_split(name, data_dir="data", train=True):
             torch.from_numpy(np.ascontiguousarray(labels)))
 
 
+VAL_SIZE = 10_000  # the held-out end of the training split, for --eval_split=val
+EVAL_SPLITS = ("test", "val")
+
+
+def load_eval_split(name, data_dir="data", split="test"):
+    """The images a run scores its student on: the real test split, or "val",
+    the last VAL_SIZE images of the training split (at most half of it), for
+    choosing hyperparameters without looking at the test set. No method trains
+    on real images, so "held out" means held out of the test set; the teacher
+    may have seen them (IDEAL.md allows the teacher's training data for this)."""
+    if split not in EVAL_SPLITS:
+        raise DatasetError(f"unknown evaluation split '{split}'; known: {', '.join(EVAL_SPLITS)}")
+    if split == "test":
+        return load_split(name, data_dir, train=False)
+    images, labels = load_split(name, data_dir, train=True)
+    n = min(VAL_SIZE, len(labels) // 2)
+    return images[-n:], labels[-n:]
+
+
 def _check(spec, images, labels, split):
     """Catch malformed files here rather than as a shape error deep in training."""
     expected = (spec.channels, spec.size, spec.size)

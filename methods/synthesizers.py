@@ -30,14 +30,19 @@ class IdealSynthesizer:
     initialised once and carried from batch to batch, each batch drawing a
     fresh z. A fresh generator needs many steps to reach the sharpening
     student's targets (the CPU preset's CE climbs from 2.3 to 8.7); a warm one
-    starts near them."""
+    starts near them.
+
+    candidates=k > 1 (a lever, not the paper): the generator is trained on
+    k*B images and only the B that the student is least sure of are returned
+    (see least_sure), so the teacher is paid for the most informative ones.
+    k multiplies the generator's cost, never the queries."""
 
     def __init__(self, generator, nz: int, batch_size: int, classes: int, g_steps: int = 30,
                  lr_g: float = 1e-3, lambda_info: float = 5.0, augment: str = "crop+flip",
-                 autocast=nullcontext, warm: bool = False):
+                 autocast=nullcontext, warm: bool = False, candidates: int = 1):
         self.generator, self.nz, self.batch_size, self.classes = generator, nz, batch_size, classes
         self.g_steps, self.lr_g, self.lambda_info, self.autocast = g_steps, lr_g, lambda_info, autocast
-        self.warm, self.optimizer = warm, None
+        self.warm, self.optimizer, self.candidates = warm, None, candidates
         # no labels are involved here, so the spec's crop+flip is safe on every dataset
         self.augment = build_augment(augment)
 
@@ -55,8 +60,8 @@ class IdealSynthesizer:
             self.optimizer = self.new_optimizer()
         optimizer = self.optimizer
         self.generator.train()
-        z = torch.randn(self.batch_size, self.nz, device=device)
-        targets = balanced_targets(self.batch_size, self.classes, device)
+        z = torch.randn(self.batch_size * self.candidates, self.nz, device=device)
+        targets = balanced_targets(len(z), self.classes, device)
         best_loss, best = math.inf, None
         with frozen(student):
             for _ in range(self.g_steps):
@@ -73,6 +78,9 @@ class IdealSynthesizer:
             raise UserError(f"the generator loss was not finite at any of {self.g_steps} steps (a diverged "
                             "student, or a bad --lambda_info/--lr_g); no query was made")
         x, ce, info = best
+        if self.candidates > 1:
+            with self.autocast():
+                x = x[least_sure(student, x, targets, self.batch_size, self.classes)]
         return x, {"loss": best_loss, "ce": ce, "info": info}
 
     def state_dict(self):
@@ -88,6 +96,23 @@ class IdealSynthesizer:
         self.generator.load_state_dict(state["generator"])
         self.optimizer = self.new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+@torch.no_grad()
+def least_sure(student, x: torch.Tensor, targets: torch.Tensor, keep: int, classes: int) -> torch.Tensor:
+    """Indices (ascending) of `keep` images of x: per generator target class,
+    as many as balanced_targets(keep) gives it, the ones whose frozen-student
+    prediction has the highest entropy. Balanced, so that uncertainty cannot
+    empty a class out of the pool."""
+    with frozen(student):
+        probs = student(x).float().softmax(1)
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
+    quota = torch.bincount(balanced_targets(keep, classes), minlength=classes).tolist()
+    chosen = []
+    for c in range(classes):  # one step per class, not per sample
+        members = torch.nonzero(targets == c).squeeze(1)
+        chosen.append(members[entropy[members].argsort(descending=True)[:quota[c]]])
+    return torch.cat(chosen).sort().values
 
 
 class Stateless:

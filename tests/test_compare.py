@@ -115,6 +115,23 @@ def test_failed_job_is_reported(sweep, tmp_path):
     assert "--no_such_flag" in open(log).read()
 
 
+def test_a_validation_sweep_is_read_and_labelled_as_such(sweep, tmp_path):
+    """--job_flags=--eval_split=val: the curve comes from the val/ tags and the
+    table marks the rows, so they are never taken for test accuracies."""
+    flags = [f for f in sweep["flags"] if not f.startswith(("--methods", "--seeds", "--job_flags", "--out"))]
+    args = compare.parse_args([*flags, "--methods=noise", "--seeds=1", f"--job_flags={TINY} --eval_split=val",
+                               f"--out={tmp_path}"])
+    args.save_dir = str(tmp_path / "runs")
+    os.makedirs(os.path.join(args.save_dir, "teachers"))
+    os.link(os.path.join(sweep["args"].save_dir, "teachers", "mnist_lenet.pt"),
+            os.path.join(args.save_dir, "teachers", "mnist_lenet.pt"))
+    assert compare.main(args) == {}
+    results = json.load(open(tmp_path / "compare.json"))
+    assert {r["eval_split"] for r in results["rows"]} == {"val"}
+    assert [len(r["curve"]) for r in compare.collect(args, compare.plan(args))] == [4, 4]  # read, not empty
+    assert "| noise [val] | 40 | 40 |" in open(tmp_path / "compare.md").read()
+
+
 def test_at_budget_reads_the_last_point_within_it():
     curve = [(10, 30.0, 1.0), (20, 50.0, 2.0), (30, 40.0, 3.0), (40, 60.0, 4.0)]
     assert compare.at_budget(curve, 5) is None

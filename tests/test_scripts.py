@@ -259,6 +259,38 @@ def test_only_the_labelling_step_reaches_the_teacher(workspace, monkeypatch):
     assert summary["queries"] == 30
 
 
+def test_eval_split_val_scores_held_out_training_images(workspace):
+    """--eval_split=val: the student is scored on the last half of tiny MNIST's
+    200 training images (min(10,000, half)), under val/ tags, never on the test set."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from datasets import load_split
+    from models import build_model
+    from utils.evaluation import evaluate
+    summary, run_dir = run_ideal(workspace, "--epochs=2", "--eval_split=val", "--exp_name=val")
+    assert summary["eval_split"] == "val"
+    student = build_model("lenet", 1, 28, 10)
+    student.load_state_dict(load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["student"])
+    images, labels = load_split("mnist", workspace["data_dir"], train=True)
+    assert evaluate(student, images[-100:], labels[-100:])[1] == summary["final_acc"]
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "val/acc" in tags and not any(t.startswith("test") for t in tags)
+
+
+def test_candidates_pay_only_for_the_batch(workspace, monkeypatch):
+    """--candidates=3: the generator makes 30 images an epoch, the teacher is
+    asked about 10 of them, once."""
+    from utils.blackbox import BlackBoxTeacher
+    asked, real_call = [], BlackBoxTeacher.__call__
+    monkeypatch.setattr(BlackBoxTeacher, "__call__", lambda self, x: asked.append(len(x)) or real_call(self, x))
+    summary, run_dir = run_ideal(workspace, "--epochs=2", "--candidates=3", "--exp_name=candidates")
+    assert asked == [10, 10]
+    assert summary["queries"] == summary["samples"] == 20 and summary["candidates"] == 3
+    assert load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]["images"].shape[0] == 20
+
+
 @pytest.mark.parametrize("relabel", [False, True])
 def test_ideal_never_exceeds_budget(workspace, relabel):
     flags = ["--epochs=4", "--query_budget=25", "--distill_epochs=1", f"--exp_name=budget{relabel}"]
@@ -353,10 +385,12 @@ def test_cli_errors_are_one_line(tmp_path):
     ("--weight_decay=-5e-4", "--weight_decay must be >= 0"), ("--ngf=0", "--ngf must be at least 1"),
     ("--ngf=-4", "--ngf must be at least 1"), ("--nz=0", "--nz must be at least 1"),
     ("--g_steps=0", "--g_steps must be at least 1"), ("--query_budget=-1", "--query_budget must be >= 0"),
-    ("--distill_epochs=-1", "--distill_epochs must be >= 0")])
+    ("--distill_epochs=-1", "--distill_epochs must be >= 0"), ("--candidates=0", "--candidates must be at least 1"),
+    ("--method=noise --candidates=2", "--method=noise has none to shape"),
+    ("--method=random_generator --warm_generator", "--method=random_generator has none to shape")])
 def test_ideal_refuses_impossible_flags(flag, message):
     with pytest.raises(UserError, match=message):
-        ideal.parse_args([flag])
+        ideal.parse_args(flag.split())
 
 
 @pytest.mark.parametrize("flags, message", [

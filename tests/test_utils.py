@@ -702,6 +702,39 @@ def test_weight_average_is_the_reported_model():
         Learner(model, 0.1, 0.0, 0.0, total_epochs=1, schedule="step")
 
 
+class FirstPixels(torch.nn.Module):
+    """A 'student' whose logits are the first `classes` pixels: entropy by hand."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x):
+        return x.flatten(1)[:, :self.classes]
+
+
+def test_least_sure_takes_the_most_uncertain_of_each_target():
+    from methods.synthesizers import least_sure
+    logits = torch.tensor([[5.0, 0], [0, 0], [0.1, 0], [0, 4], [3, 0], [1, 0]])  # targets 0,1,0,1,0,1
+    x = torch.zeros(6, 1, 2, 2)
+    x.view(6, -1)[:, :2] = logits
+    targets = balanced_targets(6, 2)
+    # target 0: samples 0, 2, 4 -> sample 2 is the least sure; target 1: 1, 3, 5 -> sample 1 (uniform)
+    assert least_sure(FirstPixels(2), x, targets, keep=2, classes=2).tolist() == [1, 2]
+    assert least_sure(FirstPixels(2), x, targets, keep=4, classes=2).tolist() == [1, 2, 4, 5]
+
+
+def test_candidates_train_on_k_batches_and_return_one():
+    torch.manual_seed(0)
+    generator = Generator(nz=8, ngf=4, channels=1, size=28)
+    seen = []
+    generator.register_forward_hook(lambda module, inputs, output: seen.append(len(output)))
+    synthesizer = IdealSynthesizer(generator, nz=8, batch_size=12, classes=10, g_steps=2, candidates=3)
+    x, losses = synthesizer.synthesize(tiny_net(classes=10, size=28))
+    assert x.shape == (12, 1, 28, 28) and seen == [36, 36]
+    assert math.isfinite(losses["loss"])
+
+
 def test_warm_generator_carries_over_and_fresh_does_not():
     student = tiny_net(classes=10, size=28)
     for warm in (False, True):

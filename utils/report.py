@@ -3,12 +3,13 @@ test curve and the keys of summary.json that the comparison runner reads."""
 import torch
 
 
-def log_test(writer, epoch: int, queries: int, test_loss: float, test_acc: float) -> None:
-    """Test accuracy and loss by epoch and by teacher queries spent so far."""
-    writer.add_scalar("test/acc", test_acc, epoch)
-    writer.add_scalar("test/loss", test_loss, epoch)
-    writer.add_scalar("test_by_queries/acc", test_acc, queries)
-    writer.add_scalar("test_by_queries/loss", test_loss, queries)
+def log_test(writer, epoch: int, queries: int, test_loss: float, test_acc: float, split: str = "test") -> None:
+    """Accuracy and loss on the evaluation split ("test", or "val": held-out
+    training images) by epoch and by teacher queries spent so far."""
+    writer.add_scalar(f"{split}/acc", test_acc, epoch)
+    writer.add_scalar(f"{split}/loss", test_loss, epoch)
+    writer.add_scalar(f"{split}_by_queries/acc", test_acc, queries)
+    writer.add_scalar(f"{split}_by_queries/loss", test_loss, queries)
     writer.add_scalar("queries", queries, epoch)
 
 
