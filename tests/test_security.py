@@ -1,6 +1,7 @@
 """Checkpoints load with weights_only=True: a crafted file cannot run code."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,9 +29,20 @@ def test_malicious_teacher_does_not_run(tmp_path):
     marker, path = tmp_path / "pwned", str(tmp_path / "teacher.pt")
     write_malicious(path, marker, {"dataset": "mnist", "net": "lenet", "channels": 1, "size": 28,
                                    "classes": 10, "test_acc": 99.0, "state_dict": {}})
-    with pytest.raises(run.UserError, match="not a checkpoint that can be loaded safely"):
+    with pytest.raises(run.UserError, match=r"not a checkpoint that can be loaded safely: .* names code to run "
+                                            r"\(posix.system\)"):
         load_blackbox_teacher(path, "mnist", "lenet", "hard", 0, "cpu")
     assert not marker.exists()
+
+
+def test_an_old_numpy_rng_state_is_named_as_such(tmp_path):
+    """A last.pt from before checkpoints held only tensors (its numpy RNG state
+    was a pickled array): the refusal says what it is and what to do."""
+    path = str(tmp_path / "last.pt")
+    torch.save({"rng": {"numpy": np.random.get_state()}}, path)
+    with pytest.raises(run.UserError, match=r"names code to run \(numpy.* before checkpoints held only tensors "
+                                            r"\(start a new run\)"):
+        run.load_checkpoint(path, "cpu")
 
 
 def test_plain_torch_load_would_have_run_it(tmp_path):

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import sys
 
@@ -104,8 +105,12 @@ def load_checkpoint(path: str, device) -> dict:
         raise UserError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"not a checkpoint that can be loaded safely: {path}") from None
+    except pickle.UnpicklingError as err:
+        named = re.search(r"GLOBAL (\S+)", str(err))
+        raise UserError(f"not a checkpoint that can be loaded safely: {path} names code to run "
+                        f"({named.group(1) if named else 'an object that is not a tensor'}); either it was not "
+                        "made by this project, or it is a last.pt from before checkpoints held only tensors "
+                        "(start a new run)") from None
     except Exception as err:  # noqa: BLE001 - random bytes reach the unpickler as IndexError, KeyError, ...
         raise UserError(f"not a readable checkpoint (empty, truncated or corrupt): {path} "
                         f"({type(err).__name__})") from None
