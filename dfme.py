@@ -25,7 +25,7 @@ from utils.evaluation import evaluate
 from utils.report import base_summary, log_test
 from utils.resume import JournaledTeacher, paid_queries
 from utils.run import (UserError, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
-                       save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
+                       save_checkpoint, save_json, seed_everything, set_rng_state, single_process, to_device)
 from utils.teacher import default_teacher_path, load_blackbox_teacher
 
 PHASES = ("generate", "distill", "test")
@@ -89,6 +89,7 @@ def resolve_args(args):
 
 
 def main(args):
+    single_process("dfme.py")
     device = pick_device(args.device)
     seed_everything(args.seed)
     spec = get_spec(args.dataset)

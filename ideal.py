@@ -33,7 +33,7 @@ from utils.report import base_summary, log_test
 from utils.resume import (JournaledTeacher, load_labelled, paid_queries, record_resume, refuse_changes,
                           save_labelled, saved_settings)
 from utils.run import (UserError, amp_autocast, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
-                       save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
+                       save_checkpoint, save_json, seed_everything, set_rng_state, single_process, to_device)
 from utils.remote import connect_teacher
 from utils.teacher import default_teacher_path, file_sha256, load_blackbox_teacher
 
@@ -198,6 +198,7 @@ def build_synthesizer(args, spec, device, autocast):
 
 
 def main(args):
+    single_process("ideal.py")
     device = pick_device(args.device)
     autocast = amp_autocast(device, args.amp)  # --amp on the CPU is refused before any work
     resumed = open_resumed(args, device) if args.resume else None  # a changed run is refused before any work

@@ -402,6 +402,19 @@ def test_ideal_failures_are_user_errors(workspace, flags, message):
         run_ideal(workspace, "--epochs=4", "--exp_name=user_error", *flags)
 
 
+@pytest.mark.parametrize("script", ["ideal.py", "dfme.py"])
+def test_torchrun_with_several_processes_is_refused(workspace, monkeypatch, script):
+    """Each process would count its own queries: N processes pay N times."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    import dfme
+    module = ideal if script == "ideal.py" else dfme
+    args = module.parse_args(["--query_budget=2000", f"--data_dir={workspace['data_dir']}",
+                              f"--save_dir={workspace['save_dir']}", "--exp_name=torchrun"])
+    with pytest.raises(UserError, match=f"{script} runs as one process .torchrun started 2."):
+        module.main(args)
+    assert not any(os.path.exists(os.path.join(workspace["save_dir"], kind, "torchrun")) for kind in ("ideal", "dfme"))
+
+
 def test_diverged_student_is_one_line(workspace):
     """Without a generator to notice it first (--method=noise), the distillation loss does."""
     result = cli("ideal.py", *ideal_argv(workspace, "--epochs=4", "--exp_name=diverged", "--lr=1e4",

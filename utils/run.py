@@ -142,6 +142,15 @@ def make_run_dir(save_dir: str, kind: str, exp_name: str, resume: bool) -> str:
     return path
 
 
+def single_process(script: str) -> None:
+    """Refuse to run under torchrun with more than one process: each would
+    keep its own query count and ask the teacher for itself, so the run would
+    pay N times for one student."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(f"{script} runs as one process (torchrun started {os.environ['WORLD_SIZE']}): each would "
+                        "ask the teacher for itself and pay again; run it with python (torchrun is for pretrain.py)")
+
+
 def run_cli(entry, errors=()) -> None:
     """Call entry() (argument parsing included); print a user error as one line, exit 2."""
     try:
