@@ -68,6 +68,9 @@ def parse_args(argv=None):
                    help="over-generate: train the generator on K*batch_size images, then pay the teacher for "
                         "only the batch_size the student is least sure of (highest entropy, balanced over the "
                         "generator's targets); costs K times the generator's time, no query (1 = off, the paper)")
+    p.add_argument("--mixup", type=float, default=0.0,
+                   help="distil on pool images mixed in pairs, lam ~ Beta(ALPHA, ALPHA), with the same mix of "
+                        "their cached answers' losses; no query (0 = off, the paper)")
     p.add_argument("--lr_schedule", default="constant", choices=SCHEDULES,
                    help="student learning rate over the run: constant (the reference) or cosine to zero "
                         "at the last epoch, distill-only epochs included")
@@ -143,6 +146,10 @@ def resolve_args(args):
     if args.method != "ideal" and (args.candidates > 1 or args.warm_generator):
         raise UserError(f"--candidates and --warm_generator shape IDEAL's generator; --method={args.method} "
                         "has none to shape (use --method=ideal)")
+    if not args.mixup >= 0:
+        raise UserError("--mixup must be >= 0 (0 = off)")
+    if args.mixup and args.relabel_every_epoch:
+        raise UserError("--mixup mixes cached answers; --relabel_every_epoch has none (use one or the other)")
     if not 0 <= args.ema_decay < 1:
         raise UserError("--ema_decay must be in [0, 1) (0 = no average)")
     for name in ("momentum", "weight_decay", "query_budget", "distill_epochs"):
@@ -158,7 +165,7 @@ DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", 
             "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
             "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
             "lr_schedule", "ema_decay", "warm_generator", "amp", "teacher_ckpt", "teacher_url", "eval_split",
-            "candidates")
+            "candidates", "mixup")
 
 
 def check_resume(args, saved, epochs_done, queries):
@@ -256,7 +263,7 @@ def main(args):
                 distill_relabel(student, learner.optimizer, pool, augment, args.batch_size, teacher,
                                 learner.step_done, autocast) if args.relabel_every_epoch
                 else distill(student, learner.optimizer, pool, augment, args.batch_size, learner.step_done,
-                             autocast))
+                             autocast, args.mixup))
             learner.epoch_done()
         if not math.isfinite(d_loss):
             raise UserError(f"the student diverged at epoch {epoch} (distillation loss {d_loss}); "
@@ -383,7 +390,7 @@ def make_summary(args, state, teacher, teacher_acc, device):
         "batch_size": args.batch_size, "g_steps": args.g_steps, "ngf": args.ngf,
         "relabel_every_epoch": args.relabel_every_epoch, "distill_aug": args.distill_aug,
         "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "warm_generator": args.warm_generator,
-        "candidates": args.candidates, "eval_split": args.eval_split,  # best_acc and final_acc are on this split
+        "candidates": args.candidates, "mixup": args.mixup, "eval_split": args.eval_split,  # best_acc and final_acc are on this split
         "reference_code_queries": reference_code_queries(args.epochs, args.distill_epochs,
                                                          args.batch_size, args.pool_batches),
         "phase_s": {k: round(v, 1) for k, v in state["phase_s"].items()},

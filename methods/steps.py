@@ -5,7 +5,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from utils.losses import distill_loss
+from utils.losses import distill_loss, mixup_loss
 from utils.pool import to_float, to_uint8
 
 PHASES = ("generate", "label", "distill", "test")
@@ -36,13 +36,20 @@ def label_once(teacher, x: torch.Tensor):
     return images, teacher(to_float(images))
 
 
-def train_step(student, optimizer, x, answers, autocast=nullcontext):
+def train_step(student, optimizer, x, answers, autocast=nullcontext, mixup=0.0):
     """One SGD step on (x, answers), the forward pass and loss under
     `autocast()` (see utils.run.amp_autocast); returns (summed loss, number of
-    agreements)."""
+    agreements). mixup=alpha > 0 (a lever, not the paper): the batch is mixed
+    with a shuffled copy of itself, lam ~ Beta(alpha, alpha), and so are the
+    answers' losses; agreement is then counted against the unmixed answers."""
+    order = None
+    if mixup > 0:
+        lam = torch.distributions.Beta(mixup, mixup).sample().item()
+        order = torch.randperm(len(x), device=x.device)
+        x = lam * x + (1 - lam) * x[order]
     with autocast():
         logits = student(x)
-        loss = distill_loss(logits, answers)
+        loss = distill_loss(logits, answers) if order is None else mixup_loss(logits, answers, lam, order)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -50,15 +57,15 @@ def train_step(student, optimizer, x, answers, autocast=nullcontext):
     return loss.item() * len(x), (logits.argmax(1) == hard).sum().item()
 
 
-def distill(student, optimizer, pool, augment, batch_size, on_step=None, autocast=nullcontext):
+def distill(student, optimizer, pool, augment, batch_size, on_step=None, autocast=nullcontext, mixup=0.0):
     """IDEAL step 3: one shuffled pass over the pool on its cached answers;
     `on_step()` is called after every SGD step (a weight average's update);
-    the student's forward passes run under `autocast()`.
+    the student's forward passes run under `autocast()`; mixup: see train_step.
     Returns (mean loss, % agreement of the student with those answers)."""
     student.train()
     loss_sum, agree, seen = 0.0, 0, 0
     for images, answers in pool.batches(batch_size):
-        loss, hits = train_step(student, optimizer, augment(to_float(images)), answers, autocast)
+        loss, hits = train_step(student, optimizer, augment(to_float(images)), answers, autocast, mixup)
         if on_step is not None:
             on_step()
         loss_sum, agree, seen = loss_sum + loss, agree + hits, seen + len(images)

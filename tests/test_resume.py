@@ -186,7 +186,8 @@ CHANGED = {"dataset": "fmnist", "net": "mlp", "student_net": "mlp", "method": "n
            "lr_g": 0.002, "momentum": 0.5, "weight_decay": 0.001, "lambda_info": 1.0,
            "relabel_every_epoch": True, "distill_aug": "flip", "lr_schedule": "cosine", "ema_decay": 0.9,
            "warm_generator": True, "amp": True, "teacher_ckpt": "another_teacher.pt",
-           "teacher_url": "http://127.0.0.1:9", "eval_split": "val", "candidates": 3}
+           "teacher_url": "http://127.0.0.1:9", "eval_split": "val", "candidates": 3,
+           "mixup": 0.2}
 
 
 @pytest.fixture(scope="module")

@@ -291,6 +291,11 @@ def test_candidates_pay_only_for_the_batch(workspace, monkeypatch):
     assert load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]["images"].shape[0] == 20
 
 
+def test_mixup_costs_no_query(workspace):
+    summary, _ = run_ideal(workspace, "--epochs=2", "--mixup=0.4", "--exp_name=mixup")
+    assert summary["queries"] == summary["samples"] == 20 and summary["mixup"] == 0.4
+
+
 @pytest.mark.parametrize("relabel", [False, True])
 def test_ideal_never_exceeds_budget(workspace, relabel):
     flags = ["--epochs=4", "--query_budget=25", "--distill_epochs=1", f"--exp_name=budget{relabel}"]
@@ -386,7 +391,8 @@ def test_cli_errors_are_one_line(tmp_path):
     ("--ngf=-4", "--ngf must be at least 1"), ("--nz=0", "--nz must be at least 1"),
     ("--g_steps=0", "--g_steps must be at least 1"), ("--query_budget=-1", "--query_budget must be >= 0"),
     ("--distill_epochs=-1", "--distill_epochs must be >= 0"), ("--candidates=0", "--candidates must be at least 1"),
-    ("--method=noise --candidates=2", "--method=noise has none to shape"),
+    ("--method=noise --candidates=2", "--method=noise has none to shape"), ("--mixup=-1", "--mixup must be >= 0"),
+    ("--mixup=0.2 --relabel_every_epoch", "--relabel_every_epoch has none"),
     ("--method=random_generator --warm_generator", "--method=random_generator has none to shape")])
 def test_ideal_refuses_impossible_flags(flag, message):
     with pytest.raises(UserError, match=message):

@@ -20,7 +20,7 @@ from datasets import get_spec
 from utils.augment import build_augment, random_crop, random_flip, reference_augment
 from utils.blackbox import BlackBoxTeacher, QueryBudgetExceeded
 from utils.evaluation import evaluate
-from utils.losses import balanced_targets, distill_loss, generator_loss, info_loss
+from utils.losses import balanced_targets, distill_loss, generator_loss, info_loss, mixup_loss
 from utils.pool import SyntheticPool, to_float, to_uint8
 
 
@@ -95,6 +95,42 @@ def test_distill_loss_soft_on_own_softmax_is_entropy():
     p = logits.softmax(1)
     entropy = -(p * p.log()).sum(1).mean()
     assert torch.allclose(distill_loss(logits, p), entropy, atol=1e-6)
+
+
+def test_mixup_loss_is_the_loss_on_mixed_targets_by_hand():
+    """Two samples, 2 classes, lam 0.75, swapped: sample 0's target is
+    0.75 * one_hot(0) + 0.25 * one_hot(1), and so on; checked against
+    -sum(target * log_softmax) written out with numbers."""
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    targets, order = torch.tensor([0, 1]), torch.tensor([1, 0])
+    log_p = logits.log_softmax(1)
+    by_hand = -(0.75 * log_p[0, 0] + 0.25 * log_p[0, 1] + 0.75 * log_p[1, 1] + 0.25 * log_p[1, 0]) / 2
+    assert torch.allclose(mixup_loss(logits, targets, 0.75, order), by_hand)
+    assert math.isclose(by_hand.item(), (0.75 * (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1)))
+                                         + 0.25 * (math.log(1 + math.exp(2)) + math.log(1 + math.exp(1)))) / 2,
+                        rel_tol=1e-6)
+    soft = F.one_hot(targets, 2).float()
+    assert torch.allclose(mixup_loss(logits, soft, 0.75, order), by_hand)  # probabilities mix the same way
+    assert torch.allclose(mixup_loss(logits, targets, 1.0, order), distill_loss(logits, targets))
+
+
+def test_distill_with_mixup_trains_on_mixed_images():
+    """alpha > 0: the student sees lam * x + (1 - lam) * x[order], with lam and
+    order drawn from torch's generator after the pool's shuffle (replayed here)."""
+    pool = SyntheticPool(100)
+    pool.add(to_uint8(torch.rand(8, 1, 8, 8)), torch.arange(8) % 5)
+    student, seen = tiny_net(), []
+    student.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    torch.manual_seed(1)
+    x = to_float(pool.images[torch.randperm(8)])
+    lam = torch.distributions.Beta(1.0, 1.0).sample().item()
+    expected = lam * x + (1 - lam) * x[torch.randperm(8)]
+    torch.manual_seed(1)
+    loss, _ = distill(student, torch.optim.SGD(student.parameters(), lr=0.0), pool, build_augment("none"),
+                      batch_size=8, mixup=1.0)
+    assert math.isfinite(loss) and len(seen) == 1
+    assert 0.01 < lam < 0.99 and torch.allclose(seen[0], expected)
+    assert not torch.allclose(seen[0], x)
 
 
 @pytest.mark.parametrize("n, classes", [(25, 10), (250, 100), (250, 10), (7, 10)])

@@ -30,6 +30,13 @@ def distill_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
+def mixup_loss(logits: torch.Tensor, targets: torch.Tensor, lam: float, order: torch.Tensor) -> torch.Tensor:
+    """distill_loss for images mixed as lam * x + (1 - lam) * x[order]: the
+    same mix of the two answers' losses, which for cross-entropy is the loss
+    on the mixed target distribution. Hard or soft targets; no new query."""
+    return lam * distill_loss(logits, targets) + (1 - lam) * distill_loss(logits, targets[order])
+
+
 def balanced_targets(n: int, classes: int, device=None) -> torch.Tensor:
     """Class-balanced generator targets y_i = i mod classes, shape (n,). Any n
     works (the reference crashed when n was not a multiple of the class count)."""
