@@ -68,6 +68,9 @@ def parse_args(argv=None):
                    help="over-generate: train the generator on K*batch_size images, then pay the teacher for "
                         "only the batch_size the student is least sure of (highest entropy, balanced over the "
                         "generator's targets); costs K times the generator's time, no query (1 = off, the paper)")
+    p.add_argument("--distill_passes", type=int, default=1,
+                   help="shuffled passes over the pool per epoch (1 = the paper); more train the student "
+                        "further on answers already paid for, no query")
     p.add_argument("--mixup", type=float, default=0.0,
                    help="distil on pool images mixed in pairs, lam ~ Beta(ALPHA, ALPHA), with the same mix of "
                         "their cached answers' losses; no query (0 = off, the paper)")
@@ -137,7 +140,7 @@ def resolve_args(args):
         spec = get_spec(args.dataset)
         args.distill_aug = (reference_augment(spec.size, spec.channels) if args.relabel_every_epoch
                             else spec.label_safe_augment)
-    for name in ("epochs", "batch_size", "pool_batches", "g_steps", "nz", "ngf", "candidates"):
+    for name in ("epochs", "batch_size", "pool_batches", "g_steps", "nz", "ngf", "candidates", "distill_passes"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1")
     for name in ("lr", "lr_g"):
@@ -150,6 +153,9 @@ def resolve_args(args):
         raise UserError("--mixup must be >= 0 (0 = off)")
     if args.mixup and args.relabel_every_epoch:
         raise UserError("--mixup mixes cached answers; --relabel_every_epoch has none (use one or the other)")
+    if args.distill_passes > 1 and args.relabel_every_epoch:
+        raise UserError("--distill_passes reuses cached answers; --relabel_every_epoch would pay for every pass "
+                        "(use one or the other)")
     if not 0 <= args.ema_decay < 1:
         raise UserError("--ema_decay must be in [0, 1) (0 = no average)")
     for name in ("momentum", "weight_decay", "query_budget", "distill_epochs"):
@@ -165,7 +171,7 @@ DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", 
             "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
             "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
             "lr_schedule", "ema_decay", "warm_generator", "amp", "teacher_ckpt", "teacher_url", "eval_split",
-            "candidates", "mixup")
+            "candidates", "mixup", "distill_passes")
 
 
 def check_resume(args, saved, epochs_done, queries):
@@ -259,11 +265,12 @@ def main(args):
         if args.relabel_every_epoch and teacher.remaining <= 0 and not generating:
             break  # relabel mode has no cached answers to train on without asking again
         with clock("distill"):
-            d_loss, d_agree = (
-                distill_relabel(student, learner.optimizer, pool, augment, args.batch_size, teacher,
-                                learner.step_done, autocast) if args.relabel_every_epoch
-                else distill(student, learner.optimizer, pool, augment, args.batch_size, learner.step_done,
-                             autocast, args.mixup))
+            for _ in range(args.distill_passes):  # the last pass's loss and agreement are logged
+                d_loss, d_agree = (
+                    distill_relabel(student, learner.optimizer, pool, augment, args.batch_size, teacher,
+                                    learner.step_done, autocast) if args.relabel_every_epoch
+                    else distill(student, learner.optimizer, pool, augment, args.batch_size, learner.step_done,
+                                 autocast, args.mixup))
             learner.epoch_done()
         if not math.isfinite(d_loss):
             raise UserError(f"the student diverged at epoch {epoch} (distillation loss {d_loss}); "
@@ -390,7 +397,7 @@ def make_summary(args, state, teacher, teacher_acc, device):
         "batch_size": args.batch_size, "g_steps": args.g_steps, "ngf": args.ngf,
         "relabel_every_epoch": args.relabel_every_epoch, "distill_aug": args.distill_aug,
         "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "warm_generator": args.warm_generator,
-        "candidates": args.candidates, "mixup": args.mixup, "eval_split": args.eval_split,  # best_acc and final_acc are on this split
+        "candidates": args.candidates, "mixup": args.mixup, "distill_passes": args.distill_passes, "eval_split": args.eval_split,  # best_acc and final_acc are on this split
         "reference_code_queries": reference_code_queries(args.epochs, args.distill_epochs,
                                                          args.batch_size, args.pool_batches),
         "phase_s": {k: round(v, 1) for k, v in state["phase_s"].items()},

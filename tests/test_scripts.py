@@ -291,6 +291,17 @@ def test_candidates_pay_only_for_the_batch(workspace, monkeypatch):
     assert load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]["images"].shape[0] == 20
 
 
+def test_distill_passes_train_more_and_ask_nothing(workspace, monkeypatch):
+    """--distill_passes=3: three shuffled passes over the pool each epoch, so
+    3 * (10 + 20) / 10 = 9 SGD steps in two epochs; still one query per sample."""
+    steps = []
+    real_step = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))
+    summary, _ = run_ideal(workspace, "--epochs=2", "--distill_passes=3", "--exp_name=passes")
+    assert len(steps) == 9
+    assert summary["queries"] == summary["samples"] == 20 and summary["distill_passes"] == 3
+
+
 def test_mixup_costs_no_query(workspace):
     summary, _ = run_ideal(workspace, "--epochs=2", "--mixup=0.4", "--exp_name=mixup")
     assert summary["queries"] == summary["samples"] == 20 and summary["mixup"] == 0.4
@@ -393,6 +404,8 @@ def test_cli_errors_are_one_line(tmp_path):
     ("--distill_epochs=-1", "--distill_epochs must be >= 0"), ("--candidates=0", "--candidates must be at least 1"),
     ("--method=noise --candidates=2", "--method=noise has none to shape"), ("--mixup=-1", "--mixup must be >= 0"),
     ("--mixup=0.2 --relabel_every_epoch", "--relabel_every_epoch has none"),
+    ("--distill_passes=0", "--distill_passes must be at least 1"),
+    ("--distill_passes=2 --relabel_every_epoch", "--relabel_every_epoch would pay for every pass"),
     ("--method=random_generator --warm_generator", "--method=random_generator has none to shape")])
 def test_ideal_refuses_impossible_flags(flag, message):
     with pytest.raises(UserError, match=message):
