@@ -50,6 +50,11 @@ METHODS = {
                         about="IDEAL, CPU preset (g_steps 10, ngf 16, lr_g 1e-2)"),
     "ideal_cpu_warm": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--warm_generator"),
                              about="IDEAL, CPU preset, generator kept warm across epochs (a lever, not the paper)"),
+    "ideal_cpu_warm_k2": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--warm_generator", "--candidates=2"),
+                                about="IDEAL, CPU preset, warm generator, 2x candidates with the teacher paid for the "
+                                      "half the student is least sure of (levers, not the paper)"),
+    "ideal_cpu_k2": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--candidates=2"),
+                           about="IDEAL, CPU preset, 2x candidates, least sure half labelled (a lever, not the paper)"),
     "ideal_paper": Method("ideal.py", ("--method=ideal",),
                           about="IDEAL, the paper's settings (g_steps 30, ngf 64, lr_g 1e-3)"),
     "noise": Method("ideal.py", ("--method=noise",), about="uniform-noise images, each labelled once"),
