@@ -404,7 +404,7 @@ def test_build_augment():
 
 
 @pytest.mark.parametrize("dataset, crop, flip", [
-    ("mnist", False, False), ("fmnist", False, True), ("svhn", True, False), ("cifar10", True, True),
+    ("mnist", False, False), ("fmnist", False, False), ("svhn", True, False), ("cifar10", True, True),
     ("cifar100", True, True), ("tinyimagenet", True, True), ("imagenet12", True, True)])
 def test_label_safe_augment(dataset, crop, flip):
     kind = get_spec(dataset).label_safe_augment
