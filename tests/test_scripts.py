@@ -461,6 +461,28 @@ def test_query_sweep_epochs_spend_the_budget():
         assert 250 * e * (e + 1) // 2 >= budget > 250 * (e - 1) * e // 2
 
 
+def test_label_safety_counts_its_queries(workspace, tmp_path):
+    """Before and after each of 3 augmentations, for 50 test and 20 pool images;
+    'flip' mirrors every image, so its share is the teacher's own agreement
+    with itself on mirrored images."""
+    safety = load_script("benchmarks/label_safety.py")
+    _, run_dir = run_ideal(workspace, "--epochs=2", "--exp_name=safety_pool")
+    flags = [f"--data_dir={workspace['data_dir']}", f"--save_dir={workspace['save_dir']}"]
+    results, queries = safety.main(safety.parse_args([*flags, f"--pool={run_dir}/last.pt",
+                                                      f"--json={tmp_path}/shares.json"]))
+    assert queries == 2 * 3 * (50 + 20)
+    from datasets import load_split
+    teacher, _ = load_blackbox_teacher(os.path.join(workspace["save_dir"], "teachers", "mnist_lenet.pt"),
+                                       "mnist", "lenet", "hard", 0, "cpu")
+    x = load_split("mnist", workspace["data_dir"], train=False)[0].float() / 255
+    mirrored = (teacher(x) == teacher(x.flip(3))).float().mean().item()
+    assert results["real test images"]["flip"] == pytest.approx(mirrored)
+    assert all(0 <= v <= 1 for shares in results.values() for v in shares.values())
+    assert json.load(open(tmp_path / "shares.json"))["queries"] == queries
+    with pytest.raises(UserError, match="holds no synthetic images"):
+        safety.main(safety.parse_args([*flags, f"--pool={run_dir}/best.pt"]))
+
+
 def test_make_figs_from_run_folders(workspace, tmp_path, monkeypatch):
     summary, run_dir = run_ideal(workspace, "--epochs=2", "--exp_name=figs")
     figs = load_script("scripts/make_figs.py")
