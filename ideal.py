@@ -219,11 +219,7 @@ def main(args):
     spec = get_spec(args.dataset)
     for net in (args.net, args.student_net):
         check_fits(net, spec.size)
-    teacher, teacher_acc = (
-        connect_teacher(args.teacher_url, (spec.channels, spec.size, spec.size), spec.classes,
-                        args.bb_mode, args.query_budget) if args.teacher_url else
-        load_blackbox_teacher(args.teacher_ckpt, args.dataset, args.net, args.bb_mode, args.query_budget,
-                              device, args.trust_teacher_code, autocast))
+    teacher, teacher_acc = open_teacher(args, spec, device, autocast)
     test_images, test_labels = (t.to(device) for t in load_eval_split(args.dataset, args.data_dir, args.eval_split))
     student = to_device(build_model(args.student_net, spec.channels, spec.size, spec.classes), device)
     synthesizer = build_synthesizer(args, spec, device, autocast)
@@ -265,13 +261,7 @@ def main(args):
         if args.relabel_every_epoch and teacher.remaining <= 0 and not generating:
             break  # relabel mode has no cached answers to train on without asking again
         with clock("distill"):
-            for _ in range(args.distill_passes):  # the last pass's loss and agreement are logged
-                d_loss, d_agree = (
-                    distill_relabel(student, learner.optimizer, pool, augment, args.batch_size, teacher,
-                                    learner.step_done, autocast) if args.relabel_every_epoch
-                    else distill(student, learner.optimizer, pool, augment, args.batch_size, learner.step_done,
-                                 autocast, args.mixup))
-            learner.epoch_done()
+            d_loss, d_agree = distill_epoch(args, learner, pool, augment, teacher, autocast)
         if not math.isfinite(d_loss):
             raise UserError(f"the student diverged at epoch {epoch} (distillation loss {d_loss}); "
                             "start a new run with a lower --lr")
@@ -297,6 +287,30 @@ def main(args):
           f"teacher queries {summary['queries']:,}, synthetic samples {summary['samples']:,}, "
           f"{summary['wall_s']:.0f}s; summary in {run_dir}/summary.json")
     return summary
+
+
+def open_teacher(args, spec, device, autocast):
+    """The black box of --teacher_url or --teacher_ckpt, and the teacher's
+    test accuracy as its trainer (or provider) reported it."""
+    if args.teacher_url:
+        return connect_teacher(args.teacher_url, (spec.channels, spec.size, spec.size), spec.classes,
+                               args.bb_mode, args.query_budget)
+    return load_blackbox_teacher(args.teacher_ckpt, args.dataset, args.net, args.bb_mode, args.query_budget,
+                                 device, args.trust_teacher_code, autocast)
+
+
+def distill_epoch(args, learner, pool, augment, teacher, autocast):
+    """Step 3 for one epoch: --distill_passes passes over the pool (each one
+    asking the teacher again in relabel mode), then the schedule's step.
+    Returns the last pass's (mean loss, % agreement)."""
+    for _ in range(args.distill_passes):
+        d_loss, d_agree = (
+            distill_relabel(learner.model, learner.optimizer, pool, augment, args.batch_size, teacher,
+                            learner.step_done, autocast) if args.relabel_every_epoch
+            else distill(learner.model, learner.optimizer, pool, augment, args.batch_size, learner.step_done,
+                         autocast, args.mixup))
+    learner.epoch_done()
+    return d_loss, d_agree
 
 
 def new_batch(args, synthesizer, student, teacher, clock, run_dir, epoch):
