@@ -35,6 +35,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from utils.report import newest_per_step  # noqa: E402
+from utils.run import UserError, load_checkpoint  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ def parse_args(argv=None):
                         "Results depend on the thread count")
     p.add_argument("--job_flags", default="", help="extra flags for every job (tests use tiny nets)")
     p.add_argument("--teacher_epochs", type=int, default=0, help="override TEACHER_EPOCHS (0: the table)")
+    p.add_argument("--unfinished", action="store_true",
+                   help="also report runs still under way, at the smaller budgets they have passed (exact for "
+                        "the same reason the budgets are read off one run); their seeds are starred")
     p.add_argument("--save_dir", default="runs/compare", help="run folders and teachers go here")
     p.add_argument("--data_dir", default="data")
     p.add_argument("--out", default="benchmarks/results", help="where compare.md/.json/.png go")
@@ -264,21 +268,46 @@ def at_budget(curve, budget):
     return final, max(p[1] for p in points), queries, seconds
 
 
+def unfinished_summary(folder):
+    """What a report needs of a run still under way: its args.json, and the
+    teacher's accuracy from the teacher's file; None if it has neither."""
+    try:
+        with open(os.path.join(folder, "args.json")) as f:
+            run_args = json.load(f)
+        teacher_acc = load_checkpoint(run_args["teacher_ckpt"], "cpu")["test_acc"]
+    except (OSError, KeyError, ValueError, UserError):
+        return None
+    return {**run_args, "teacher_acc": teacher_acc, "threads": None, "unfinished": True}
+
+
+def readable_budgets(args, job, summary, curve):
+    """The budgets a run can speak for: not above its own, and for a run still
+    under way only those it has already spent."""
+    budgets = [job.budget] if METHODS[job.method].per_budget else budgets_for(args, job.dataset)
+    if summary.get("query_budget"):  # a run never given that many queries says nothing about them
+        budgets = [b for b in budgets if b <= summary["query_budget"]]
+    if summary.get("unfinished"):
+        spent = max((q for q, _, _ in curve), default=0)
+        budgets = [b for b in budgets if b <= spent and not (b == job.budget or METHODS[job.method].per_budget)]
+    return budgets
+
+
 def collect(args, jobs):
-    """One record per finished (job, budget)."""
+    """One record per finished (job, budget), and with args.unfinished per
+    budget that a run under way has passed."""
     records = []
     for job in jobs:
         folder = run_dir(args, job)
-        if not is_done(folder):
+        if is_done(folder):
+            with open(os.path.join(folder, "summary.json")) as f:
+                summary = json.load(f)
+        elif args.unfinished and (summary := unfinished_summary(folder)):
+            pass
+        else:
             continue
-        with open(os.path.join(folder, "summary.json")) as f:
-            summary = json.load(f)
         split = summary.get("eval_split", "test")  # val: held-out training images (ideal.py --eval_split)
         curve = read_curve(folder, split)
-        budgets = [job.budget] if METHODS[job.method].per_budget else budgets_for(args, job.dataset)
-        for budget in budgets:
-            if summary.get("query_budget") and budget > summary["query_budget"]:
-                continue  # this run was never given that many queries: it says nothing about them
+        for budget in readable_budgets(args, job, summary, curve):
             point = at_budget(curve, budget)
             if point is None:
                 continue
@@ -286,6 +315,7 @@ def collect(args, jobs):
             if budget == job.budget:  # the run's own end: the summary is the authority
                 final, best, queries = summary["final_acc"], summary["best_acc"], summary["queries"]
             records.append({"method": job.method, "dataset": job.dataset, "seed": job.seed, "eval_split": split,
+                            "unfinished": bool(summary.get("unfinished")),
                             "budget": budget, "final_acc": final, "best_acc": best, "queries": queries,
                             "wall_s": round(seconds, 1), "teacher_acc": summary["teacher_acc"],
                             "device": summary["device"], "threads": summary.get("threads"),
@@ -302,15 +332,20 @@ def aggregate(records):
     for (dataset, method, budget, split), rs in sorted(groups.items()):
         finals, bests = [r["final_acc"] for r in rs], [r["best_acc"] for r in rs]
         rows.append({"dataset": dataset, "method": method, "budget": budget, "eval_split": split,
-                     "seeds": [r["seed"] for r in rs],
+                     "seeds": [r["seed"] for r in rs], "unfinished_seeds": [r["seed"] for r in rs if r["unfinished"]],
                      "final_mean": statistics.mean(finals),
                      "final_std": statistics.stdev(finals) if len(rs) > 1 else float("nan"),
                      "best_mean": statistics.mean(bests),
                      "queries_max": max(r["queries"] for r in rs),
                      "wall_s_mean": statistics.mean(r["wall_s"] for r in rs),
                      "teacher_acc": rs[0]["teacher_acc"], "device": rs[0]["device"],
-                     "threads": rs[0]["threads"]})
+                     "threads": next((r["threads"] for r in rs if r["threads"]), None)})
     return rows
+
+
+def seed_list(row):
+    """'2021,2022*': a starred seed is read from a run still under way."""
+    return ",".join(f"{s}*" if s in row["unfinished_seeds"] else str(s) for s in row["seeds"])
 
 
 def markdown(rows, args):
@@ -318,7 +353,8 @@ def markdown(rows, args):
              "Written by `python benchmarks/compare.py`. Final = the student after the last epoch "
              "(no selection); best = the highest test accuracy along the way, which is selected on "
              "the test set. Mean +- std over the seeds listed (sample std). A method marked [val] was "
-             "scored on held-out training images (ideal.py --eval_split=val), not the test set.", ""]
+             "scored on held-out training images (ideal.py --eval_split=val), not the test set. A starred "
+             "seed was read from a run still under way (--unfinished), at a budget it had already spent.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         ours = [r for r in rows if r["dataset"] == dataset]
         lines += [f"## {dataset} (teacher {args.net}, {ours[0]['teacher_acc']:.2f}%)", "",
@@ -330,8 +366,8 @@ def markdown(rows, args):
             scored = "" if r["eval_split"] == "test" else f" [{r['eval_split']}]"
             lines.append(f"| {r['method']}{scored} | {r['budget']:,} | {r['queries_max']:,} | "
                          f"**{r['final_mean']:.2f}{std}** | {r['best_mean']:.2f} | "
-                         f"{len(r['seeds'])} ({','.join(map(str, r['seeds']))}) | {r['wall_s_mean']:.0f} | "
-                         f"{r['device']}, {r['threads']} thread(s) |")
+                         f"{len(r['seeds'])} ({seed_list(r)}) | {r['wall_s_mean']:.0f} | "
+                         f"{r['device']}, {r['threads'] or '?'} thread(s) |")
         lines.append("")
     lines += ["Methods:", ""] + [f"- `{m}`: {METHODS[m].about}" for m in dict.fromkeys(r["method"] for r in rows)]
     return "\n".join(lines) + "\n"

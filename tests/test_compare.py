@@ -1,6 +1,7 @@
 """benchmarks/compare.py: the sweep over methods x seeds at counted budgets."""
 import json
 import os
+import shutil
 import statistics
 
 import pytest
@@ -130,6 +131,30 @@ def test_a_validation_sweep_is_read_and_labelled_as_such(sweep, tmp_path):
     assert {r["eval_split"] for r in results["rows"]} == {"val"}
     assert [len(r["curve"]) for r in compare.collect(args, compare.plan(args))] == [4, 4]  # read, not empty
     assert "| noise [val] | 40 | 40 |" in open(tmp_path / "compare.md").read()
+
+
+def test_unfinished_runs_report_only_the_budgets_they_passed(sweep, tmp_path):
+    """A run under way (no summary.json yet) speaks for the budgets it has
+    spent, starred, and never for its own; without --unfinished, for none."""
+    flags = [f for f in sweep["flags"] if not f.startswith(("--methods", "--seeds", "--out"))]
+    args = compare.parse_args([*flags, "--methods=ideal_cpu", "--seeds=1,2", "--report_only", "--unfinished",
+                               f"--out={tmp_path}"])
+    args.save_dir = str(tmp_path / "runs")
+    shutil.copytree(sweep["args"].save_dir, args.save_dir)
+    os.remove(os.path.join(args.save_dir, "ideal", "mnist-ideal_cpu-s2", "summary.json"))
+    records = compare.collect(args, compare.plan(args))
+    assert sorted((r["seed"], r["budget"], r["unfinished"]) for r in records) == [
+        (1, 20, False), (1, 40, False), (2, 20, True)]
+    finished = {r["budget"]: r for r in json.load(open(sweep["root"] / "results" / "compare.json"))["runs"]
+                if (r["method"], r["seed"]) == ("ideal_cpu", 2)}
+    unfinished = next(r for r in records if r["seed"] == 2)
+    assert unfinished["final_acc"] == finished[20]["final_acc"]  # the same reading as when it had finished
+    assert unfinished["teacher_acc"] == finished[20]["teacher_acc"]
+    compare.main(args)
+    assert "| ideal_cpu | 20 | 20 |" in open(tmp_path / "compare.md").read()
+    assert "2 (1,2*)" in open(tmp_path / "compare.md").read()
+    args.unfinished = False
+    assert {r["seed"] for r in compare.collect(args, compare.plan(args))} == {1}
 
 
 def test_at_budget_reads_the_last_point_within_it():
