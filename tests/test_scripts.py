@@ -302,6 +302,16 @@ def test_distill_passes_train_more_and_ask_nothing(workspace, monkeypatch):
     assert summary["queries"] == summary["samples"] == 20 and summary["distill_passes"] == 3
 
 
+@pytest.mark.parametrize("name", ["cpu", "best"])
+def test_every_preset_parses_and_flags_still_win(name):
+    """Each configs/*.json names only real flags; one given on the command line wins."""
+    args = ideal.parse_args([f"--preset={name}", "--g_steps=3"])
+    assert (args.g_steps, args.ngf, args.lr_g) == (3, 16, 0.01)
+    assert args.warm_generator == (name == "best")
+    with pytest.raises(UserError, match="no preset 'fast'.*known: best, cpu"):
+        ideal.parse_args(["--preset=fast"])
+
+
 def test_mixup_costs_no_query(workspace):
     summary, _ = run_ideal(workspace, "--epochs=2", "--mixup=0.4", "--exp_name=mixup")
     assert summary["queries"] == summary["samples"] == 20 and summary["mixup"] == 0.4
