@@ -280,6 +280,15 @@ def unfinished_summary(folder):
     return {**run_args, "teacher_acc": teacher_acc, "threads": None, "unfinished": True}
 
 
+def run_summary(folder, unfinished):
+    """A finished run's summary.json; with `unfinished`, what unfinished_summary
+    knows of a run under way; else None."""
+    if is_done(folder):
+        with open(os.path.join(folder, "summary.json")) as f:
+            return json.load(f)
+    return unfinished_summary(folder) if unfinished else None
+
+
 def readable_budgets(args, job, summary, curve):
     """The budgets a run can speak for: not above its own, and for a run still
     under way only those it has already spent."""
@@ -288,7 +297,7 @@ def readable_budgets(args, job, summary, curve):
         budgets = [b for b in budgets if b <= summary["query_budget"]]
     if summary.get("unfinished"):
         spent = max((q for q, _, _ in curve), default=0)
-        budgets = [b for b in budgets if b <= spent and not (b == job.budget or METHODS[job.method].per_budget)]
+        budgets = [b for b in budgets if b <= spent and b != job.budget]  # a per-budget run has only its own
     return budgets
 
 
@@ -298,12 +307,8 @@ def collect(args, jobs):
     records = []
     for job in jobs:
         folder = run_dir(args, job)
-        if is_done(folder):
-            with open(os.path.join(folder, "summary.json")) as f:
-                summary = json.load(f)
-        elif args.unfinished and (summary := unfinished_summary(folder)):
-            pass
-        else:
+        summary = run_summary(folder, args.unfinished)
+        if summary is None:
             continue
         split = summary.get("eval_split", "test")  # val: held-out training images (ideal.py --eval_split)
         curve = read_curve(folder, split)
