@@ -25,7 +25,8 @@ from utils.evaluation import evaluate
 from utils.report import base_summary, log_test
 from utils.resume import JournaledTeacher, paid_queries
 from utils.run import (UserError, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
-                       save_checkpoint, save_json, seed_everything, set_rng_state, single_process, to_device)
+                       save_args, save_checkpoint, save_json, seed_everything, set_rng_state, single_process,
+                       to_device)
 from utils.teacher import default_teacher_path, load_blackbox_teacher
 
 PHASES = ("generate", "distill", "test")
@@ -110,7 +111,7 @@ def main(args):
              "phase_s": dict.fromkeys(PHASES, 0.0)}
     if args.resume:
         state = resume(run_dir, args, device, dfme, teacher)
-    save_json(vars(args), os.path.join(run_dir, "args.json"))
+    save_args(args, run_dir)
     writer = SummaryWriter(run_dir)
     clock = Clock(device, state["phase_s"])
     print(f"DFME: {args.net} teacher ({teacher_acc:.2f}% test acc, soft-label black box) -> "

@@ -33,7 +33,8 @@ from utils.report import base_summary, log_test
 from utils.resume import (JournaledTeacher, load_labelled, paid_queries, record_resume, refuse_changes,
                           save_labelled, saved_settings)
 from utils.run import (UserError, amp_autocast, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
-                       save_checkpoint, save_json, seed_everything, set_rng_state, single_process, to_device)
+                       save_args, save_checkpoint, save_json, seed_everything, set_rng_state, single_process,
+                       to_device)
 from utils.remote import connect_teacher
 from utils.teacher import default_teacher_path, file_sha256, load_blackbox_teacher
 
@@ -237,7 +238,7 @@ def main(args):
         state, pending = resume(resumed, args, device, (learner, synthesizer, pool), teacher)
     else:  # resumable from the start: a kill in epoch 1 must not make the run pay again in a new folder
         save_run(run_dir, vars(args), state, (learner, synthesizer, pool), teacher, is_best=False)
-    save_json(vars(args), os.path.join(run_dir, "args.json"))
+    save_args(args, run_dir)
     writer = SummaryWriter(run_dir)
     augment = build_augment(args.distill_aug)
     clock = Clock(device, state["phase_s"])

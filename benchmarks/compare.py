@@ -277,7 +277,7 @@ def unfinished_summary(folder):
         teacher_acc = load_checkpoint(run_args["teacher_ckpt"], "cpu")["test_acc"]
     except (OSError, KeyError, ValueError, UserError):
         return None
-    return {**run_args, "teacher_acc": teacher_acc, "threads": None, "unfinished": True}
+    return {"threads": None, **run_args, "teacher_acc": teacher_acc, "unfinished": True}
 
 
 def run_summary(folder, unfinished):

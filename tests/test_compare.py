@@ -150,6 +150,7 @@ def test_unfinished_runs_report_only_the_budgets_they_passed(sweep, tmp_path):
     unfinished = next(r for r in records if r["seed"] == 2)
     assert unfinished["final_acc"] == finished[20]["final_acc"]  # the same reading as when it had finished
     assert unfinished["teacher_acc"] == finished[20]["teacher_acc"]
+    assert unfinished["threads"] == finished[20]["threads"]  # from args.json, as summary.json has it
     compare.main(args)
     assert "| ideal_cpu | 20 | 20 |" in open(tmp_path / "compare.md").read()
     assert "2 (1,2*)" in open(tmp_path / "compare.md").read()

@@ -5,6 +5,7 @@ A kill is simulated by raising `Killed` (a BaseException nothing catches) from
 a patched function at a chosen point of an epoch; one test uses a real SIGKILL.
 The teacher side keeps its own log of every image it answered.
 """
+import argparse
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import torch
 import ideal
 from test_scripts import ROOT, run_ideal, workspace  # noqa: F401 (workspace is a fixture)
 from utils.blackbox import BlackBoxTeacher
+from utils.resume import refuse_changes
 from utils.run import UserError, load_checkpoint
 
 FLAGS = ("--epochs=3", "--query_budget=25")  # batches of 10: the third epoch gets 5
@@ -212,6 +214,17 @@ def test_resume_refuses_a_changed_setting(two_epochs, flag):
         return
     assert str(err.value).startswith(f"--resume: this run has --{flag}=")
     assert f"the command line says --{flag}=" in str(err.value) and "\n" not in str(err.value)
+    assert "to continue the run as it was" in str(err.value)
+
+
+@pytest.mark.parametrize("key,value,advice", [("distill_aug", "flip", "pass --distill_aug=flip"),
+                                              ("warm_generator", True, "pass --warm_generator"),
+                                              ("warm_generator", False, "leave out --warm_generator"),
+                                              ("teacher_url", None, "leave out --teacher_url")])
+def test_refusal_says_how_to_continue_as_it_was(key, value, advice):
+    args = argparse.Namespace(**{key: "something else"})
+    with pytest.raises(UserError, match=f"{advice} to continue the run as it was"):
+        refuse_changes({key: value}, args, [key])
 
 
 @pytest.mark.parametrize("flags, message", [

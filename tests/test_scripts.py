@@ -199,6 +199,8 @@ def test_ideal_one_query_per_sample(workspace):
     assert {"summary.json", "args.json", "last.pt", "best.pt"} <= set(files)
     assert any(f.startswith("events.out.tfevents") for f in files)
     assert json.load(open(os.path.join(run_dir, "summary.json"))) == summary
+    saved = json.load(open(os.path.join(run_dir, "args.json")))
+    assert saved["epochs"] == 2 and saved["threads"] == summary["threads"] == torch.get_num_threads()
 
 
 def test_ideal_relabel_every_epoch_counts_reference_queries(workspace):

@@ -87,14 +87,25 @@ def saved_settings(ckpt: dict, run_dir: str) -> dict:
         return json.load(f)
 
 
+def as_it_was(key: str, value) -> str:
+    """What to type to get `value` back for --key: a switch or a value."""
+    if value is True:
+        return f"pass --{key}"
+    if value is False or value is None:
+        return f"leave out --{key}"
+    return f"pass --{key}={value}"
+
+
 def refuse_changes(saved: dict, args, defining) -> None:
-    """One line naming the first flag in `defining` whose value differs from the run's."""
+    """One line naming the first flag in `defining` whose value differs from the
+    run's, and how to continue the run as it was (a default may have moved since)."""
     for key in defining:
         new = getattr(args, key)
         if key in saved and saved[key] != new:
             raise UserError(f"--resume: this run has --{key}={saved[key]}, the command line says "
-                            f"--{key}={new}; a resume cannot change it (see the run's args.json), "
-                            "start a new run instead")
+                            f"--{key}={new} (or a default has moved since the run began); a resume cannot "
+                            f"change it: {as_it_was(key, saved[key])} to continue the run as it was, or "
+                            "start a new run (see the run's args.json)")
 
 
 def record_resume(run_dir: str, saved: dict, args, **where) -> None:

@@ -124,6 +124,12 @@ def save_json(obj, path: str) -> None:
         f.write((json.dumps(obj, indent=2) + "\n").encode())
 
 
+def save_args(args, run_dir: str) -> None:
+    """args.json: the resolved arguments, and the torch thread count, on which a
+    CPU run's numbers depend (compare.py reports it for runs still under way)."""
+    save_json({**vars(args), "threads": torch.get_num_threads()}, os.path.join(run_dir, "args.json"))
+
+
 def make_run_dir(save_dir: str, kind: str, exp_name: str, resume: bool) -> str:
     """runs/<kind>/<exp_name>. A new run never reuses a folder (it takes
     exp_name-2, -3, ...), so no earlier run is overwritten; --resume needs it,
