@@ -76,8 +76,10 @@ def parse_args(argv=None):
                    help="distil on pool images mixed in pairs, lam ~ Beta(ALPHA, ALPHA), with the same mix of "
                         "their cached answers' losses; no query (0 = off, the paper)")
     p.add_argument("--lr_schedule", default="constant", choices=SCHEDULES,
-                   help="student learning rate over the run: constant (the reference) or cosine to zero "
-                        "at the last epoch, distill-only epochs included")
+                   help="student learning rate over the run: constant (the reference); cosine to zero "
+                        "at the last epoch, distill-only epochs included; anneal: constant while generating, "
+                        "then cosine to zero over the --distill_epochs (a finished constant run can be "
+                        "resumed into one, at no query)")
     p.add_argument("--ema_decay", type=float, default=0.0,
                    help="test and report an exponential moving average of the student's weights, updated "
                         "every SGD step with this decay (0 = off, the reference)")
@@ -159,6 +161,8 @@ def resolve_args(args):
                         "(use one or the other)")
     if not 0 <= args.ema_decay < 1:
         raise UserError("--ema_decay must be in [0, 1) (0 = no average)")
+    if args.lr_schedule == "anneal" and args.distill_epochs < 1:
+        raise UserError("--lr_schedule=anneal decays over the distill-only epochs: give --distill_epochs=N, N >= 1")
     for name in ("momentum", "weight_decay", "query_budget", "distill_epochs"):
         if not getattr(args, name) >= 0:
             raise UserError(f"--{name} must be >= 0")
@@ -178,7 +182,10 @@ DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", 
 def check_resume(args, saved, epochs_done, queries):
     """Refuse a command line that would change the run being resumed (one
     line naming the flag); allow a longer run and any budget not yet spent."""
-    refuse_changes(saved, args, DEFINING)
+    if into_anneal(args, saved, epochs_done):  # the same run so far: its rate was constant, as an anneal's is
+        refuse_changes({**saved, "lr_schedule": "anneal"}, args, DEFINING)
+    else:
+        refuse_changes(saved, args, DEFINING)
     if saved.get("teacher_sha256") and saved["teacher_sha256"] != args.teacher_sha256:
         raise UserError(f"--resume: the teacher file {args.teacher_ckpt} is not the one this run began with "
                         "(its sha256 differs); answers of two teachers cannot share one pool, start a new run")
@@ -196,6 +203,13 @@ def check_resume(args, saved, epochs_done, queries):
     if epochs_done > saved["epochs"] and args.epochs != saved["epochs"]:
         raise UserError(f"--resume: --epochs cannot change once the distill-only epochs have begun "
                         f"(this run has --epochs={saved['epochs']} and has run {epochs_done} epochs)")
+
+
+def into_anneal(args, saved, epochs_done) -> bool:
+    """A constant-rate run asked to go on as an anneal before any of its
+    distill-only epochs: the epochs it has run are an anneal's flat ones."""
+    return (saved.get("lr_schedule", "constant"), args.lr_schedule) == ("constant", "anneal") and (
+        epochs_done <= min(saved["epochs"], args.epochs))
 
 
 def build_synthesizer(args, spec, device, autocast):
@@ -225,7 +239,7 @@ def main(args):
     student = to_device(build_model(args.student_net, spec.channels, spec.size, spec.classes), device)
     synthesizer = build_synthesizer(args, spec, device, autocast)
     learner = Learner(student, args.lr, args.momentum, args.weight_decay, args.epochs + args.distill_epochs,
-                      args.lr_schedule, args.ema_decay)
+                      args.lr_schedule, args.ema_decay, flat_epochs=args.epochs)
     pool = SyntheticPool(args.pool_batches * args.batch_size, labelled=not args.relabel_every_epoch)
     run_dir = resumed["run_dir"] if resumed else make_run_dir(args.save_dir, "ideal", args.exp_name, resume=False)
     if args.teacher_url:
@@ -380,7 +394,8 @@ def resume(resumed, args, device, parts, teacher):
     Returns (state, the batch labelled after last.pt, or None)."""
     run_dir, ckpt, queries = resumed["run_dir"], resumed["ckpt"], resumed["queries"]
     learner, synthesizer, pool = parts  # what save_run stored, in the same order
-    learner.load_state_dict({key: ckpt.pop(key, None) for key in ("student", "optimizer", "scheduler", "ema")})
+    learner.load_state_dict({key: ckpt.pop(key, None) for key in ("student", "optimizer", "scheduler", "ema")},
+                            epochs_done=ckpt["epoch"])
     synthesizer.load_state_dict(ckpt.pop("synthesizer", None))
     pool.load_state_dict(ckpt.pop("pool"))
     set_rng_state(ckpt.pop("rng"))

@@ -292,6 +292,34 @@ def test_schedule_and_average_survive_a_kill(workspace, monkeypatch):  # noqa: F
         run_ideal(workspace, "--epochs=4", *flags[1:], "--exp_name=cosine_killed", "--resume")
 
 
+def test_a_finished_constant_run_resumes_into_an_anneal(workspace):  # noqa: F811
+    """The anneal's generation epochs are the constant run's, so extending a
+    finished constant run by an anneal equals an anneal run from the start,
+    and asks the teacher nothing more."""
+    straight, straight_dir = run_ideal(workspace, "--epochs=2", "--lr_schedule=anneal", "--distill_epochs=2",
+                                       "--exp_name=anneal_straight")
+    first, run_dir = run_ideal(workspace, "--epochs=2", "--exp_name=anneal_later")
+    later, _ = run_ideal(workspace, "--epochs=2", "--lr_schedule=anneal", "--distill_epochs=2",
+                         "--exp_name=anneal_later", "--resume")
+    assert later["queries"] == first["queries"] == straight["queries"] == 20
+    assert later["final_acc"] == straight["final_acc"] and later["epochs_run"] == 4
+    a = load_checkpoint(os.path.join(straight_dir, "last.pt"), "cpu")
+    b = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")
+    assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
+    with pytest.raises(UserError, match="this run has --lr_schedule=anneal"):  # no way back once it is one
+        run_ideal(workspace, "--epochs=2", "--distill_epochs=2", "--exp_name=anneal_later", "--resume")
+
+
+def test_anneal_is_refused_once_constant_distill_epochs_have_run(workspace):  # noqa: F811
+    run_ideal(workspace, "--epochs=2", "--distill_epochs=1", "--exp_name=anneal_too_late")
+    with pytest.raises(UserError, match="this run has --lr_schedule=constant"):
+        run_ideal(workspace, "--epochs=2", "--distill_epochs=2", "--lr_schedule=anneal",
+                  "--exp_name=anneal_too_late", "--resume")
+    with pytest.raises(UserError, match="--distill_epochs=N, N >= 1"):
+        ideal.parse_args(["--lr_schedule=anneal"])
+
+
 @pytest.mark.parametrize("point", ["generating", "labelled batch saved", "distilling", "testing"])
 def test_warm_generator_survives_a_kill(workspace, monkeypatch, point):  # noqa: F811
     """A warm generator's weights and Adam state travel in last.pt and in the

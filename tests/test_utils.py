@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from methods import IdealSynthesizer, NoiseSynthesizer, RandomGeneratorSynthesizer, distill, distill_relabel
-from methods.student import Learner
+from methods.student import Learner, anneal_factor
 from models import Generator, build_model, init_generator_
 from utils import run
 from datasets import get_spec
@@ -719,6 +719,21 @@ def test_cosine_schedule_decays_to_zero_over_the_run():
     constant = Learner(tiny_net(classes=5, net="mlp"), 0.1, 0.9, 0, total_epochs=4)
     constant.epoch_done()
     assert constant.lr == 0.1 and constant.reported is constant.model
+
+
+def test_anneal_holds_the_rate_then_decays_over_the_last_epochs():
+    learner = Learner(tiny_net(classes=5, net="mlp"), lr=0.1, momentum=0.9, weight_decay=0, total_epochs=5,
+                      schedule="anneal", flat_epochs=2)
+    lrs = []
+    for _ in range(5):
+        lrs.append(learner.lr)
+        learner.epoch_done()
+    # flat for 2 epochs, then 0.1 * (1 + cos(pi * k / 3)) / 2 for k = 0, 1, 2, then 0
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.075, 0.025], rel=1e-6)
+    assert learner.lr == 0.0
+    assert anneal_factor(0, 0, 1) == 1.0 and anneal_factor(7, 3, 5) == 0.0
+    with pytest.raises(ValueError):
+        Learner(tiny_net(classes=5, net="mlp"), 0.1, 0.9, 0, total_epochs=2, schedule="anneal", flat_epochs=2)
 
 
 def test_weight_average_is_the_reported_model():
