@@ -44,8 +44,14 @@ class Method:
     flags: tuple  # what makes this method, on top of the shared flags
     per_budget: bool = False  # True when the schedule depends on the budget
     about: str = ""
+    # A constant-rate method this one continues into --lr_schedule=anneal: where
+    # that method's finished run spent exactly this job's budget, the job starts
+    # from a copy of it (its generation epochs are that run's) instead of anew.
+    extends: str = ""
 
 
+ANNEAL_EPOCHS = 30  # chosen on held-out training images at 5k queries (README, Beyond the paper)
+ANNEAL = ("--lr_schedule=anneal", f"--distill_epochs={ANNEAL_EPOCHS}")
 METHODS = {
     "ideal_cpu": Method("ideal.py", ("--method=ideal", "--preset=cpu"),
                         about="IDEAL, CPU preset (g_steps 10, ngf 16, lr_g 1e-2)"),
@@ -63,6 +69,14 @@ METHODS = {
                                about="IDEAL's generator, freshly initialised and never trained"),
     "dfme": Method("dfme.py", (), per_budget=True,
                    about="DFME (soft labels, zeroth-order gradients through the teacher)"),
+    "ideal_cpu_anneal": Method("ideal.py", ("--method=ideal", "--preset=cpu", *ANNEAL), per_budget=True,
+                               extends="ideal_cpu",
+                               about=f"IDEAL, CPU preset, then {ANNEAL_EPOCHS} distill-only epochs annealing the "
+                                     "student's rate to zero (a lever, no query)"),
+    "ideal_cpu_warm_anneal": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--warm_generator", *ANNEAL),
+                                    per_budget=True, extends="ideal_cpu_warm",
+                                    about=f"IDEAL, CPU preset, warm generator, then {ANNEAL_EPOCHS} distill-only "
+                                          "epochs annealing the student's rate to zero (levers, no query)"),
 }
 DEFAULT_METHODS = ("ideal_cpu", "ideal_cpu_warm", "noise", "random_generator", "ideal_paper", "dfme")
 BUDGETS = {"mnist": (5000, 10000, 25000), "fmnist": (5000, 10000, 25000, 50000)}
@@ -204,11 +218,27 @@ def run_job(args, job, device):
             return job, None
         if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "last.pt")):
             shutil.rmtree(folder)  # died before its first checkpoint: nothing to resume
+        start_from_base(args, job, folder)
         log = os.path.join(args.save_dir, "logs", f"{job.name}.log")
         with open(log, "a") as out:
             rc = subprocess.run(command(args, job, device), stdout=out, stderr=subprocess.STDOUT,
                                 env=job_env(args, device), cwd=ROOT).returncode
     return job, None if rc == 0 else f"exit {rc}, see {log}"
+
+
+def start_from_base(args, job, folder):
+    """A job of an `extends` method starts from a copy of its base method's
+    finished run, when that run spent exactly this job's budget; ideal.py then
+    resumes the copy into the anneal (see into_anneal there)."""
+    base = METHODS[job.method].extends
+    if not base or os.path.isdir(folder):
+        return
+    base_folder = run_dir(args, Job(base, job.dataset, job.seed, job.budget))
+    if is_done(base_folder):
+        with open(os.path.join(base_folder, "summary.json")) as f:
+            if json.load(f).get("query_budget") != job.budget:
+                return
+        shutil.copytree(base_folder, folder, ignore=shutil.ignore_patterns("summary.json"))
 
 
 def is_done(folder):
