@@ -234,10 +234,8 @@ def start_from_base(args, job, folder):
     if not base or os.path.isdir(folder):
         return
     base_folder = run_dir(args, Job(base, job.dataset, job.seed, job.budget))
-    if is_done(base_folder):
-        with open(os.path.join(base_folder, "summary.json")) as f:
-            if json.load(f).get("query_budget") != job.budget:
-                return
+    summary = run_summary(base_folder, unfinished=False)
+    if summary is not None and summary.get("query_budget") == job.budget:
         shutil.copytree(base_folder, folder, ignore=shutil.ignore_patterns("summary.json"))
 
 
