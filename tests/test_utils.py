@@ -519,6 +519,30 @@ def test_rng_state_repeats_every_stream(tmp_path):
     assert np.array_equal(first[2], second[2])
 
 
+def test_cuda_rng_state_is_restored_from_cpu_copies(monkeypatch):
+    """A resume on a GPU: load_checkpoint maps the saved CUDA generator states
+    to the GPU, but torch.cuda.set_rng_state_all takes CPU byte tensors only
+    (it raised "RNG state must be a torch.ByteTensor"). A run saved with two
+    GPUs and resumed on one restores the one it has."""
+    saved = [torch.arange(8, dtype=torch.uint8), torch.ones(8, dtype=torch.uint8)]
+
+    class MappedToGpu:  # what a tensor that load_checkpoint put on a GPU offers here
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def cpu(self):
+            return self.tensor
+
+    handed = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", handed.extend)
+    state = {**run.rng_state(), "cuda": [MappedToGpu(t) for t in saved]}
+    run.set_rng_state(state)
+    assert len(handed) == 1 and handed[0] is saved[0]
+    assert handed[0].device.type == "cpu" and handed[0].dtype == torch.uint8
+
+
 def test_seed_everything_repeats_every_stream():
     run.seed_everything(5)
     first = (torch.rand(3), random.random(), np.random.rand(2))

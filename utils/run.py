@@ -89,7 +89,12 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # load_checkpoint maps every tensor to the run's device, but CUDA's
+        # generators take their state as a CPU byte tensor (a resume on a GPU
+        # failed with "RNG state must be a torch.ByteTensor"); a run saved with
+        # more GPUs than this machine has restores the ones it has
+        states = state["cuda"][:torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in states])
 
 
 def save_checkpoint(obj, path: str) -> None:
