@@ -64,6 +64,15 @@ METHODS = {
                            about="IDEAL, CPU preset, 2x candidates, least sure half labelled (a lever, not the paper)"),
     "ideal_paper": Method("ideal.py", ("--method=ideal",),
                           about="IDEAL, the paper's settings (g_steps 30, ngf 64, lr_g 1e-3)"),
+    "ideal_paper_warm": Method("ideal.py", ("--method=ideal", "--warm_generator"),
+                               about="IDEAL, the paper's settings, generator kept warm across epochs (a lever)"),
+    "ideal_paper_anneal": Method("ideal.py", ("--method=ideal", *ANNEAL), per_budget=True, extends="ideal_paper",
+                                 about=f"IDEAL, the paper's settings, then {ANNEAL_EPOCHS} distill-only epochs "
+                                       "annealing the student's rate to zero (a lever, no query)"),
+    "ideal_paper_warm_anneal": Method("ideal.py", ("--method=ideal", "--warm_generator", *ANNEAL), per_budget=True,
+                                      extends="ideal_paper_warm",
+                                      about=f"IDEAL, the paper's settings, warm generator, then {ANNEAL_EPOCHS} "
+                                            "distill-only epochs annealing the rate to zero (levers, no query)"),
     "noise": Method("ideal.py", ("--method=noise",), about="uniform-noise images, each labelled once"),
     "random_generator": Method("ideal.py", ("--method=random_generator",),
                                about="IDEAL's generator, freshly initialised and never trained"),
