@@ -73,6 +73,9 @@ METHODS = {
                                       extends="ideal_paper_warm",
                                       about=f"IDEAL, the paper's settings, warm generator, then {ANNEAL_EPOCHS} "
                                             "distill-only epochs annealing the rate to zero (levers, no query)"),
+    "ideal_cpu_soft": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--bb_mode=soft"),
+                             about="IDEAL, CPU preset, with the teacher's probabilities instead of its top-1 label "
+                                   "(a stronger black box: compare it with DFME, not with the hard-label rows)"),
     "noise": Method("ideal.py", ("--method=noise",), about="uniform-noise images, each labelled once"),
     "random_generator": Method("ideal.py", ("--method=random_generator",),
                                about="IDEAL's generator, freshly initialised and never trained"),
