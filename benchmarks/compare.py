@@ -62,6 +62,11 @@ METHODS = {
                                       "half the student is least sure of (levers, not the paper)"),
     "ideal_cpu_k2": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--candidates=2"),
                            about="IDEAL, CPU preset, 2x candidates, least sure half labelled (a lever, not the paper)"),
+    "ideal_cpu_warm_k2_anneal": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--warm_generator",
+                                                    "--candidates=2", *ANNEAL), per_budget=True,
+                                       extends="ideal_cpu_warm_k2",
+                                       about=f"IDEAL, CPU preset, warm generator, 2x candidates, then {ANNEAL_EPOCHS} "
+                                             "distill-only epochs annealing the rate to zero (levers, no query)"),
     "ideal_paper": Method("ideal.py", ("--method=ideal",),
                           about="IDEAL, the paper's settings (g_steps 30, ngf 64, lr_g 1e-3)"),
     "ideal_paper_warm": Method("ideal.py", ("--method=ideal", "--warm_generator"),
