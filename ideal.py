@@ -14,6 +14,7 @@ import math
 import os
 import time
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
@@ -28,6 +29,7 @@ from models.registry import check_fits
 from utils.augment import KINDS, build_augment, reference_augment
 from utils.blackbox import MODES
 from utils.evaluation import evaluate
+from utils.losses import rebalanced_weights
 from utils.pool import SyntheticPool, to_float
 from utils.report import base_summary, log_test
 from utils.resume import (JournaledTeacher, load_labelled, paid_queries, record_resume, refuse_changes,
@@ -69,6 +71,11 @@ def parse_args(argv=None):
                    help="over-generate: train the generator on K*batch_size images, then pay the teacher for "
                         "only the batch_size the student is least sure of (highest entropy, balanced over the "
                         "generator's targets); costs K times the generator's time, no query (1 = off, the paper)")
+    p.add_argument("--rebalance_targets", type=float, default=0.0,
+                   help="a lever, not the paper (0 = off, the paper's balanced targets): before each batch, "
+                        "weight the generator's target classes by (times the teacher named the class in the "
+                        "pool + B/classes) ** -POWER, so the classes it rarely names get more tries (1 = inverse "
+                        "frequency). Zero queries")
     p.add_argument("--distill_passes", type=int, default=1,
                    help="shuffled passes over the pool per epoch (1 = the paper); more train the student "
                         "further on answers already paid for, no query")
@@ -152,6 +159,11 @@ def resolve_args(args):
     if args.method != "ideal" and (args.candidates > 1 or args.warm_generator):
         raise UserError(f"--candidates and --warm_generator shape IDEAL's generator; --method={args.method} "
                         "has none to shape (use --method=ideal)")
+    if not args.rebalance_targets >= 0:
+        raise UserError("--rebalance_targets must be >= 0 (0 = off)")
+    if args.rebalance_targets and (args.method != "ideal" or args.relabel_every_epoch):
+        raise UserError("--rebalance_targets steers IDEAL's generator by the cached answers: it needs --method=ideal "
+                        "without --relabel_every_epoch")
     if not args.mixup >= 0:
         raise UserError("--mixup must be >= 0 (0 = off)")
     if args.mixup and args.relabel_every_epoch:
@@ -176,7 +188,7 @@ DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", 
             "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
             "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
             "lr_schedule", "ema_decay", "warm_generator", "amp", "teacher_ckpt", "teacher_url", "eval_split",
-            "candidates", "mixup", "distill_passes")
+            "candidates", "mixup", "distill_passes", "rebalance_targets")
 
 
 def check_resume(args, saved, epochs_done, queries):
@@ -268,6 +280,8 @@ def main(args):
             if pending is not None:  # go on exactly as the killed run would have
                 set_rng_state(pending["rng"])
                 synthesizer.load_state_dict(pending.get("synthesizer"))
+            if pending is None and args.rebalance_targets:
+                synthesizer.target_weights = target_weights(pool, spec.classes, args)
             batch = pending or new_batch(args, synthesizer, student, teacher, clock, run_dir, epoch)
             pending = None
             pool.add(batch["images"], batch["answers"])
@@ -326,6 +340,16 @@ def distill_epoch(args, learner, pool, augment, teacher, autocast):
                          autocast, args.mixup))
     learner.epoch_done()
     return d_loss, d_agree
+
+
+def target_weights(pool, classes, args):
+    """--rebalance_targets: the generator's class weights from how often the
+    teacher has named each class in the pool (uniform while it is empty)."""
+    counts = torch.zeros(classes, dtype=torch.long)
+    if pool.answers is not None:
+        named = pool.answers if pool.answers.dim() == 1 else pool.answers.argmax(1)
+        counts = torch.bincount(named.cpu(), minlength=classes)
+    return rebalanced_weights(counts, args.batch_size / classes, args.rebalance_targets)
 
 
 def new_batch(args, synthesizer, student, teacher, clock, run_dir, epoch):
@@ -427,7 +451,8 @@ def make_summary(args, state, teacher, teacher_acc, device):
         "batch_size": args.batch_size, "g_steps": args.g_steps, "ngf": args.ngf,
         "relabel_every_epoch": args.relabel_every_epoch, "distill_aug": args.distill_aug,
         "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "warm_generator": args.warm_generator,
-        "candidates": args.candidates, "mixup": args.mixup, "distill_passes": args.distill_passes, "eval_split": args.eval_split,  # best_acc and final_acc are on this split
+        "candidates": args.candidates, "mixup": args.mixup, "distill_passes": args.distill_passes,
+        "rebalance_targets": args.rebalance_targets, "eval_split": args.eval_split,  # best_acc and final_acc are on this split
         "reference_code_queries": reference_code_queries(args.epochs, args.distill_epochs,
                                                          args.batch_size, args.pool_batches),
         "phase_s": {k: round(v, 1) for k, v in state["phase_s"].items()},

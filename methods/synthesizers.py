@@ -16,7 +16,7 @@ import torch
 from methods.steps import frozen
 from models import init_generator_
 from utils.augment import build_augment
-from utils.losses import balanced_targets, generator_loss
+from utils.losses import class_targets, generator_loss
 from utils.run import UserError
 
 
@@ -35,7 +35,12 @@ class IdealSynthesizer:
     candidates=k > 1 (a lever, not the paper): the generator is trained on
     k*B images and only the B that the student is least sure of are returned
     (see least_sure), so the teacher is paid for the most informative ones.
-    k multiplies the generator's cost, never the queries."""
+    k multiplies the generator's cost, never the queries.
+
+    target_weights (a lever, not the paper; set before each synthesize):
+    None gives the paper's balanced targets; a (classes,) vector summing to 1
+    gives class c that share of the targets (see utils.losses.class_targets),
+    and of the candidates kept."""
 
     def __init__(self, generator, nz: int, batch_size: int, classes: int, g_steps: int = 30,
                  lr_g: float = 1e-3, lambda_info: float = 5.0, augment: str = "crop+flip",
@@ -43,6 +48,7 @@ class IdealSynthesizer:
         self.generator, self.nz, self.batch_size, self.classes = generator, nz, batch_size, classes
         self.g_steps, self.lr_g, self.lambda_info, self.autocast = g_steps, lr_g, lambda_info, autocast
         self.warm, self.optimizer, self.candidates = warm, None, candidates
+        self.target_weights = None
         # no labels are involved here, so the spec's crop+flip is safe on every dataset
         self.augment = build_augment(augment)
 
@@ -61,7 +67,7 @@ class IdealSynthesizer:
         optimizer = self.optimizer
         self.generator.train()
         z = torch.randn(self.batch_size * self.candidates, self.nz, device=device)
-        targets = balanced_targets(len(z), self.classes, device)
+        targets = class_targets(len(z), self.classes, self.target_weights, device)
         best_loss, best = math.inf, None
         with frozen(student):
             for _ in range(self.g_steps):
@@ -80,7 +86,7 @@ class IdealSynthesizer:
         x, ce, info = best
         if self.candidates > 1:
             with self.autocast():
-                x = x[least_sure(student, x, targets, self.batch_size, self.classes)]
+                x = x[least_sure(student, x, targets, self.batch_size, self.classes, self.target_weights)]
         return x, {"loss": best_loss, "ce": ce, "info": info}
 
     def state_dict(self):
@@ -99,15 +105,16 @@ class IdealSynthesizer:
 
 
 @torch.no_grad()
-def least_sure(student, x: torch.Tensor, targets: torch.Tensor, keep: int, classes: int) -> torch.Tensor:
+def least_sure(student, x: torch.Tensor, targets: torch.Tensor, keep: int, classes: int,
+               weights=None) -> torch.Tensor:
     """Indices (ascending) of `keep` images of x: per generator target class,
-    as many as balanced_targets(keep) gives it, the ones whose frozen-student
+    as many as class_targets(keep, classes, weights) gives it, the ones whose frozen-student
     prediction has the highest entropy. Balanced, so that uncertainty cannot
     empty a class out of the pool."""
     with frozen(student):
         probs = student(x).float().softmax(1)
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
-    quota = torch.bincount(balanced_targets(keep, classes), minlength=classes).tolist()
+    quota = torch.bincount(class_targets(keep, classes, weights), minlength=classes).tolist()
     chosen = []
     for c in range(classes):  # one step per class, not per sample
         members = torch.nonzero(targets == c).squeeze(1)

@@ -304,6 +304,32 @@ def test_distill_passes_train_more_and_ask_nothing(workspace, monkeypatch):
     assert summary["queries"] == summary["samples"] == 20 and summary["distill_passes"] == 3
 
 
+def test_rebalance_targets_favours_the_classes_the_teacher_names_least(workspace, monkeypatch):
+    """--rebalance_targets=1: the generator's targets in epoch 2 follow the
+    inverse of how often the teacher named each class in epoch 1 (smoothed by
+    B/classes); still one query per sample, and the flag is in the summary."""
+    from methods.synthesizers import IdealSynthesizer
+    weights = []
+    real = IdealSynthesizer.synthesize
+    monkeypatch.setattr(IdealSynthesizer, "synthesize",
+                        lambda self, student: weights.append(self.target_weights) or real(self, student))
+    summary, run_dir = run_ideal(workspace, "--epochs=2", "--rebalance_targets=1", "--exp_name=rebalance")
+    assert summary["queries"] == summary["samples"] == 20 and summary["rebalance_targets"] == 1
+    first = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]["answers"][:10]
+    expected = 1.0 / (torch.bincount(first, minlength=10).double() + 1.0)  # B/classes = 10/10
+    assert torch.allclose(weights[0], torch.full((10,), 0.1, dtype=torch.float64))  # empty pool: uniform
+    assert torch.allclose(weights[1], expected / expected.sum())
+
+
+def test_target_weights_read_soft_answers_by_their_top_class():
+    from utils.pool import SyntheticPool
+    pool = SyntheticPool(capacity=10)
+    pool.add(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]))
+    args = ideal.parse_args(["--rebalance_targets=1", "--batch_size=2"])
+    # class 0 named twice, class 1 once, smoothing 2/2 = 1: 1/3 and 1/2 -> 0.4, 0.6
+    assert torch.allclose(ideal.target_weights(pool, 2, args), torch.tensor([0.4, 0.6], dtype=torch.float64))
+
+
 @pytest.mark.parametrize("name", ["cpu", "best"])
 def test_every_preset_parses_and_flags_still_win(name):
     """Each configs/*.json names only real flags; one given on the command line wins."""
@@ -418,7 +444,11 @@ def test_cli_errors_are_one_line(tmp_path):
     ("--mixup=0.2 --relabel_every_epoch", "--relabel_every_epoch has none"),
     ("--distill_passes=0", "--distill_passes must be at least 1"),
     ("--distill_passes=2 --relabel_every_epoch", "--relabel_every_epoch would pay for every pass"),
-    ("--method=random_generator --warm_generator", "--method=random_generator has none to shape")])
+    ("--method=random_generator --warm_generator", "--method=random_generator has none to shape"),
+    ("--rebalance_targets=-1", "--rebalance_targets must be >= 0"),
+    ("--rebalance_targets=nan", "--rebalance_targets must be >= 0"),
+    ("--method=noise --rebalance_targets=1", "needs --method=ideal"),
+    ("--rebalance_targets=1 --relabel_every_epoch", "without --relabel_every_epoch")])
 def test_ideal_refuses_impossible_flags(flag, message):
     with pytest.raises(UserError, match=message):
         ideal.parse_args(flag.split())

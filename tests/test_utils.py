@@ -20,7 +20,8 @@ from datasets import get_spec
 from utils.augment import build_augment, random_crop, random_flip, reference_augment
 from utils.blackbox import BlackBoxTeacher, QueryBudgetExceeded
 from utils.evaluation import evaluate
-from utils.losses import balanced_targets, distill_loss, generator_loss, info_loss, mixup_loss
+from utils.losses import (balanced_targets, class_targets, distill_loss, generator_loss, info_loss, mixup_loss,
+                          rebalanced_weights)
 from utils.pool import SyntheticPool, to_float, to_uint8
 
 
@@ -140,6 +141,33 @@ def test_balanced_targets(n, classes):
     assert y.tolist() == [i % classes for i in range(n)]
     counts = torch.bincount(y, minlength=classes)
     assert counts.max() - counts.min() <= 1
+
+
+def test_class_targets_without_weights_are_the_balanced_ones():
+    assert torch.equal(class_targets(25, 10), balanced_targets(25, 10))
+
+
+def test_class_targets_follow_the_weights_by_largest_remainder():
+    # shares 5.5, 2.5, 2.0 -> floors 5, 2, 2; the one left over goes to the tie's lower class, 0
+    y = class_targets(10, 3, torch.tensor([0.55, 0.25, 0.20]))
+    assert y.tolist() == [0] * 6 + [1] * 2 + [2] * 2
+
+
+def test_rebalanced_weights_by_hand():
+    counts = torch.tensor([0, 10, 30])
+    # (counts + 10) ** -1 = 1/10, 1/20, 1/40 -> 4/7, 2/7, 1/7
+    assert torch.allclose(rebalanced_weights(counts, 10, 1.0), torch.tensor([4, 2, 1], dtype=torch.float64) / 7)
+    # power 0/.5: uniform, and in between: 1/sqrt(10), 1/sqrt(20), 1/sqrt(40)
+    assert torch.allclose(rebalanced_weights(counts, 10, 0.0), torch.full((3,), 1 / 3, dtype=torch.float64))
+    half = torch.tensor([10, 20, 40], dtype=torch.float64) ** -0.5
+    assert torch.allclose(rebalanced_weights(counts, 10, 0.5), half / half.sum())
+
+
+def test_weighted_targets_steer_the_kept_candidates_too():
+    from methods.synthesizers import least_sure
+    x, targets = torch.zeros(8, 1, 2, 2), class_targets(8, 2, torch.tensor([0.75, 0.25]))
+    kept = least_sure(FirstPixels(2), x, targets, keep=4, classes=2, weights=torch.tensor([0.75, 0.25]))
+    assert torch.bincount(targets[kept], minlength=2).tolist() == [3, 1]
 
 
 # ---------------------------------------------------------------- black box

@@ -41,3 +41,24 @@ def balanced_targets(n: int, classes: int, device=None) -> torch.Tensor:
     """Class-balanced generator targets y_i = i mod classes, shape (n,). Any n
     works (the reference crashed when n was not a multiple of the class count)."""
     return torch.arange(n, device=device) % classes
+
+
+def class_targets(n: int, classes: int, weights=None, device=None) -> torch.Tensor:
+    """Generator targets, shape (n,): balanced_targets without weights; with
+    weights (classes,) summing to 1, class c gets floor(n * w_c) targets and
+    the n left over go to the largest remainders (ties to the lower class)."""
+    if weights is None:
+        return balanced_targets(n, classes, device)
+    share = n * weights.double().cpu()
+    counts = share.floor().long()
+    left = n - int(counts.sum())
+    counts[torch.argsort(share - counts, descending=True, stable=True)[:left]] += 1
+    return torch.repeat_interleave(torch.arange(classes), counts).to(device)
+
+
+def rebalanced_weights(counts: torch.Tensor, smoothing: float, power: float) -> torch.Tensor:
+    """Target weights that favour the classes the teacher has named least:
+    w_c proportional to (counts_c + smoothing) ** -power, summing to 1.
+    power 0 gives uniform weights; 1 gives inverse frequency."""
+    w = (counts.double() + smoothing) ** -power
+    return w / w.sum()
