@@ -159,8 +159,8 @@ def resolve_args(args):
     if args.method != "ideal" and (args.candidates > 1 or args.warm_generator):
         raise UserError(f"--candidates and --warm_generator shape IDEAL's generator; --method={args.method} "
                         "has none to shape (use --method=ideal)")
-    if not args.rebalance_targets >= 0:
-        raise UserError("--rebalance_targets must be >= 0 (0 = off)")
+    if not (args.rebalance_targets >= 0 and math.isfinite(args.rebalance_targets)):
+        raise UserError("--rebalance_targets must be a finite number >= 0 (0 = off)")
     if args.rebalance_targets and (args.method != "ideal" or args.relabel_every_epoch):
         raise UserError("--rebalance_targets steers IDEAL's generator by the cached answers: it needs --method=ideal "
                         "without --relabel_every_epoch")

@@ -308,17 +308,18 @@ def test_rebalance_targets_favours_the_classes_the_teacher_names_least(workspace
     """--rebalance_targets=1: the generator's targets in epoch 2 follow the
     inverse of how often the teacher named each class in epoch 1 (smoothed by
     B/classes); still one query per sample, and the flag is in the summary."""
-    from methods.synthesizers import IdealSynthesizer
-    weights = []
-    real = IdealSynthesizer.synthesize
-    monkeypatch.setattr(IdealSynthesizer, "synthesize",
-                        lambda self, student: weights.append(self.target_weights) or real(self, student))
+    import methods.synthesizers as synthesizers
+    from utils.losses import class_targets
+    used = []  # the targets the generator was trained on, one entry per step
+    real = synthesizers.generator_loss
+    monkeypatch.setattr(synthesizers, "generator_loss", lambda logits, targets, lam: used.append(targets) or
+                        real(logits, targets, lam))
     summary, run_dir = run_ideal(workspace, "--epochs=2", "--rebalance_targets=1", "--exp_name=rebalance")
     assert summary["queries"] == summary["samples"] == 20 and summary["rebalance_targets"] == 1
     first = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]["answers"][:10]
     expected = 1.0 / (torch.bincount(first, minlength=10).double() + 1.0)  # B/classes = 10/10
-    assert torch.allclose(weights[0], torch.full((10,), 0.1, dtype=torch.float64))  # empty pool: uniform
-    assert torch.allclose(weights[1], expected / expected.sum())
+    assert torch.equal(used[0], torch.arange(10))  # epoch 1, empty pool: the paper's balanced targets
+    assert torch.equal(used[-1], class_targets(10, 10, expected / expected.sum()))  # epoch 2
 
 
 def test_target_weights_read_soft_answers_by_their_top_class():
@@ -445,8 +446,9 @@ def test_cli_errors_are_one_line(tmp_path):
     ("--distill_passes=0", "--distill_passes must be at least 1"),
     ("--distill_passes=2 --relabel_every_epoch", "--relabel_every_epoch would pay for every pass"),
     ("--method=random_generator --warm_generator", "--method=random_generator has none to shape"),
-    ("--rebalance_targets=-1", "--rebalance_targets must be >= 0"),
-    ("--rebalance_targets=nan", "--rebalance_targets must be >= 0"),
+    ("--rebalance_targets=-1", "--rebalance_targets must be a finite number >= 0"),
+    ("--rebalance_targets=nan", "--rebalance_targets must be a finite number >= 0"),
+    ("--rebalance_targets=inf", "--rebalance_targets must be a finite number >= 0"),
     ("--method=noise --rebalance_targets=1", "needs --method=ideal"),
     ("--rebalance_targets=1 --relabel_every_epoch", "without --relabel_every_epoch")])
 def test_ideal_refuses_impossible_flags(flag, message):

@@ -148,9 +148,12 @@ def test_class_targets_without_weights_are_the_balanced_ones():
 
 
 def test_class_targets_follow_the_weights_by_largest_remainder():
-    # shares 5.5, 2.5, 2.0 -> floors 5, 2, 2; the one left over goes to the tie's lower class, 0
-    y = class_targets(10, 3, torch.tensor([0.55, 0.25, 0.20]))
-    assert y.tolist() == [0] * 6 + [1] * 2 + [2] * 2
+    # shares exact in binary; the one left over goes to the larger remainder, a tie to the
+    # lower class; the targets go round-robin, as balanced_targets' do
+    y = class_targets(4, 3, torch.tensor([0.375, 0.375, 0.25]))  # 1.5, 1.5, 1.0: a tie, to class 0
+    assert y.tolist() == [0, 1, 2, 0]
+    y = class_targets(10, 3, torch.tensor([0.5, 0.3, 0.2]))  # 5, 3, 2, no remainder
+    assert y.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 0, 0]
 
 
 def test_rebalanced_weights_by_hand():
@@ -161,6 +164,9 @@ def test_rebalanced_weights_by_hand():
     assert torch.allclose(rebalanced_weights(counts, 10, 0.0), torch.full((3,), 1 / 3, dtype=torch.float64))
     half = torch.tensor([10, 20, 40], dtype=torch.float64) ** -0.5
     assert torch.allclose(rebalanced_weights(counts, 10, 0.5), half / half.sum())
+    # a huge power puts all the weight on the rarest class instead of dividing 0 by 0
+    steep = rebalanced_weights(counts, 10, 1000.0)
+    assert torch.isfinite(steep).all() and steep[0] == 1.0 and steep[1:].max() < 1e-100
 
 
 def test_weighted_targets_steer_the_kept_candidates_too():

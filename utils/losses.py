@@ -46,19 +46,23 @@ def balanced_targets(n: int, classes: int, device=None) -> torch.Tensor:
 def class_targets(n: int, classes: int, weights=None, device=None) -> torch.Tensor:
     """Generator targets, shape (n,): balanced_targets without weights; with
     weights (classes,) summing to 1, class c gets floor(n * w_c) targets and
-    the n left over go to the largest remainders (ties to the lower class)."""
+    the n left over go to the largest remainders (ties to the lower class).
+    Round-robin like balanced_targets (0, 1, 2, 0, 1, 2, 0, 0, ...), so a
+    batch cut short by the budget keeps every class it can."""
     if weights is None:
         return balanced_targets(n, classes, device)
     share = n * weights.double().cpu()
     counts = share.floor().long()
     left = n - int(counts.sum())
     counts[torch.argsort(share - counts, descending=True, stable=True)[:left]] += 1
-    return torch.repeat_interleave(torch.arange(classes), counts).to(device)
+    y = torch.repeat_interleave(torch.arange(classes), counts)
+    rank = torch.arange(n) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)  # place within its class
+    return y[torch.argsort(rank * classes + y)].to(device)
 
 
 def rebalanced_weights(counts: torch.Tensor, smoothing: float, power: float) -> torch.Tensor:
     """Target weights that favour the classes the teacher has named least:
     w_c proportional to (counts_c + smoothing) ** -power, summing to 1.
     power 0 gives uniform weights; 1 gives inverse frequency."""
-    w = (counts.double() + smoothing) ** -power
-    return w / w.sum()
+    # in log space: a large power would underflow (count + smoothing) ** -power to 0
+    return torch.softmax(-power * (counts.double() + smoothing).log(), 0)
