@@ -30,7 +30,7 @@ from utils.augment import KINDS, build_augment, reference_augment
 from utils.blackbox import MODES
 from utils.evaluation import evaluate
 from utils.losses import rebalanced_weights
-from utils.pool import SyntheticPool, to_float
+from utils.pool import SyntheticPool, to_float, top1
 from utils.report import base_summary, log_test
 from utils.resume import (JournaledTeacher, load_labelled, paid_queries, record_resume, refuse_changes,
                           save_labelled, saved_settings)
@@ -347,8 +347,7 @@ def target_weights(pool, classes, args):
     teacher has named each class in the pool (uniform while it is empty)."""
     counts = torch.zeros(classes, dtype=torch.long)
     if pool.answers is not None:
-        named = pool.answers if pool.answers.dim() == 1 else pool.answers.argmax(1)
-        counts = torch.bincount(named.cpu(), minlength=classes)
+        counts = torch.bincount(top1(pool.answers).cpu(), minlength=classes)
     return rebalanced_weights(counts, args.batch_size / classes, args.rebalance_targets)
 
 
@@ -370,8 +369,7 @@ def log_generation(writer, epoch, images, answers, g_losses, classes):
         writer.add_scalar(f"generator/{name}", value, epoch)
     writer.add_image("synthetic", make_grid(to_float(images[:64]), nrow=8), epoch)
     if answers is not None:
-        hard = answers if answers.dim() == 1 else answers.argmax(1)
-        writer.add_histogram("teacher/labels", hard, epoch, bins=classes)
+        writer.add_histogram("teacher/labels", top1(answers), epoch, bins=classes)
 
 
 def log_epoch(writer, epoch, queries, phase_s, distill_stats, test_loss, test_acc, split="test"):

@@ -6,7 +6,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from utils.losses import distill_loss, mixup_loss
-from utils.pool import to_float, to_uint8
+from utils.pool import to_float, to_uint8, top1
 
 PHASES = ("generate", "label", "distill", "test")
 
@@ -53,8 +53,7 @@ def train_step(student, optimizer, x, answers, autocast=nullcontext, mixup=0.0):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    hard = answers if answers.dim() == 1 else answers.argmax(1)
-    return loss.item() * len(x), (logits.argmax(1) == hard).sum().item()
+    return loss.item() * len(x), (logits.argmax(1) == top1(answers)).sum().item()
 
 
 def distill(student, optimizer, pool, augment, batch_size, on_step=None, autocast=nullcontext, mixup=0.0):

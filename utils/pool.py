@@ -19,6 +19,12 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255)
 
 
+def top1(answers: torch.Tensor) -> torch.Tensor:
+    """The teacher's top-1 labels (N,) from cached answers: hard labels as
+    they are, probabilities (N, classes) by their largest entry."""
+    return answers if answers.dim() == 1 else answers.argmax(1)
+
+
 class SyntheticPool:
     """A first-in-first-out store of (image, answer) pairs, capped at `capacity`
     samples (the reference keeps the newest 400 batches). A pool built with
