@@ -123,16 +123,25 @@ def parse_args(argv=None):
 
 
 def apply_preset(parser, argv):
-    """Make the preset's values the parser's defaults, so explicit flags override them."""
-    name = parser.parse_known_args(argv)[0].preset
-    if name is None:
+    """Make the preset's values the parser's defaults, so explicit flags override them.
+
+    A preset may hold a "per_dataset" section: {"fmnist": {...}} is laid over the rest for
+    that dataset, because a lever chosen on one dataset's held-out images can hurt another's.
+    """
+    known = parser.parse_known_args(argv)[0]
+    if known.preset is None:
         return
-    path = os.path.join(CONFIG_DIR, f"{name}.json")
+    path = os.path.join(CONFIG_DIR, f"{known.preset}.json")
     if not os.path.isfile(path):
-        known = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
-        raise UserError(f"no preset '{name}' ({path}); known: {', '.join(known)}")
+        names = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
+        raise UserError(f"no preset '{known.preset}' ({path}); known: {', '.join(names)}")
     with open(path) as f:
         preset = json.load(f)
+    per_dataset = preset.pop("per_dataset", {})
+    strangers = set(per_dataset) - set(DATASETS)
+    if strangers:
+        raise UserError(f"preset {path} has a section for unknown datasets: {', '.join(sorted(strangers))}")
+    preset.update(per_dataset.get(known.dataset, {}))
     unknown = set(preset) - {a.dest for a in parser._actions}
     if unknown:
         raise UserError(f"preset {path} sets unknown flags: {', '.join(sorted(unknown))}")

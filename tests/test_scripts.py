@@ -341,6 +341,23 @@ def test_every_preset_parses_and_flags_still_win(name):
         ideal.parse_args(["--preset=fast"])
 
 
+def test_best_preset_keeps_the_generator_fresh_on_fmnist():
+    """The warm generator was chosen on MNIST's held-out images and lost on FMNIST's."""
+    assert ideal.parse_args(["--preset=best", "--dataset=mnist"]).warm_generator
+    args = ideal.parse_args(["--preset=best", "--dataset=fmnist"])
+    assert not args.warm_generator and (args.g_steps, args.ngf, args.lr_g) == (10, 16, 0.01)
+    assert ideal.parse_args(["--preset=best", "--dataset=fmnist", "--warm_generator"]).warm_generator
+
+
+@pytest.mark.parametrize("section, error", [({"cifar": {"ngf": 8}}, "unknown datasets: cifar"),
+                                            ({"fmnist": {"ngff": 8}}, "unknown flags: ngff")])
+def test_a_bad_per_dataset_section_is_refused(tmp_path, monkeypatch, section, error):
+    (tmp_path / "mine.json").write_text(json.dumps({"ngf": 8, "per_dataset": section}))
+    monkeypatch.setattr(ideal, "CONFIG_DIR", str(tmp_path))
+    with pytest.raises(UserError, match=error):
+        ideal.parse_args(["--preset=mine", "--dataset=fmnist"])
+
+
 def test_mixup_costs_no_query(workspace):
     summary, _ = run_ideal(workspace, "--epochs=2", "--mixup=0.4", "--exp_name=mixup")
     assert summary["queries"] == summary["samples"] == 20 and summary["mixup"] == 0.4
