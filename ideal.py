@@ -82,6 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--mixup", type=float, default=0.0,
                    help="distil on pool images mixed in pairs, lam ~ Beta(ALPHA, ALPHA), with the same mix of "
                         "their cached answers' losses; no query (0 = off, the paper)")
+    p.add_argument("--label_smoothing", type=float, default=0.0,
+                   help="distil on (1 - EPS) * answer + EPS / classes instead of the answer itself, hard or "
+                        "soft; no query (0 = off, the paper)")
     p.add_argument("--lr_schedule", default="constant", choices=SCHEDULES,
                    help="student learning rate over the run: constant (the reference); cosine to zero "
                         "at the last epoch, distill-only epochs included; anneal: constant while generating, "
@@ -173,6 +176,8 @@ def resolve_args(args):
     if args.rebalance_targets and (args.method != "ideal" or args.relabel_every_epoch):
         raise UserError("--rebalance_targets steers IDEAL's generator by the cached answers: it needs --method=ideal "
                         "without --relabel_every_epoch")
+    if not 0 <= args.label_smoothing < 1:
+        raise UserError("--label_smoothing must be in [0, 1) (0 = off)")
     if not args.mixup >= 0:
         raise UserError("--mixup must be >= 0 (0 = off)")
     if args.mixup and args.relabel_every_epoch:
@@ -197,7 +202,7 @@ DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", 
             "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
             "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
             "lr_schedule", "ema_decay", "warm_generator", "amp", "teacher_ckpt", "teacher_url", "eval_split",
-            "candidates", "mixup", "distill_passes", "rebalance_targets")
+            "candidates", "mixup", "distill_passes", "rebalance_targets", "label_smoothing")
 
 
 def check_resume(args, saved, epochs_done, queries):
@@ -344,9 +349,9 @@ def distill_epoch(args, learner, pool, augment, teacher, autocast):
     for _ in range(args.distill_passes):
         d_loss, d_agree = (
             distill_relabel(learner.model, learner.optimizer, pool, augment, args.batch_size, teacher,
-                            learner.step_done, autocast) if args.relabel_every_epoch
+                            learner.step_done, autocast, args.label_smoothing) if args.relabel_every_epoch
             else distill(learner.model, learner.optimizer, pool, augment, args.batch_size, learner.step_done,
-                         autocast, args.mixup))
+                         autocast, args.mixup, args.label_smoothing))
     learner.epoch_done()
     return d_loss, d_agree
 
@@ -459,7 +464,8 @@ def make_summary(args, state, teacher, teacher_acc, device):
         "relabel_every_epoch": args.relabel_every_epoch, "distill_aug": args.distill_aug,
         "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "warm_generator": args.warm_generator,
         "candidates": args.candidates, "mixup": args.mixup, "distill_passes": args.distill_passes,
-        "rebalance_targets": args.rebalance_targets, "eval_split": args.eval_split,  # best_acc and final_acc are on this split
+        "rebalance_targets": args.rebalance_targets, "label_smoothing": args.label_smoothing,
+        "eval_split": args.eval_split,  # best_acc and final_acc are on this split
         "reference_code_queries": reference_code_queries(args.epochs, args.distill_epochs,
                                                          args.batch_size, args.pool_batches),
         "phase_s": {k: round(v, 1) for k, v in state["phase_s"].items()},

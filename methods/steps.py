@@ -36,12 +36,13 @@ def label_once(teacher, x: torch.Tensor):
     return images, teacher(to_float(images))
 
 
-def train_step(student, optimizer, x, answers, autocast=nullcontext, mixup=0.0):
+def train_step(student, optimizer, x, answers, autocast=nullcontext, mixup=0.0, smoothing=0.0):
     """One SGD step on (x, answers), the forward pass and loss under
     `autocast()` (see utils.run.amp_autocast); returns (summed loss, number of
     agreements). mixup=alpha > 0 (a lever, not the paper): the batch is mixed
     with a shuffled copy of itself, lam ~ Beta(alpha, alpha), and so are the
-    answers' losses; agreement is then counted against the unmixed answers."""
+    answers' losses; agreement is then counted against the unmixed answers.
+    smoothing: label smoothing of the answers (see utils.losses.distill_loss)."""
     order = None
     if mixup > 0:
         lam = torch.distributions.Beta(mixup, mixup).sample().item()
@@ -49,22 +50,24 @@ def train_step(student, optimizer, x, answers, autocast=nullcontext, mixup=0.0):
         x = lam * x + (1 - lam) * x[order]
     with autocast():
         logits = student(x)
-        loss = distill_loss(logits, answers) if order is None else mixup_loss(logits, answers, lam, order)
+        loss = (distill_loss(logits, answers, smoothing) if order is None
+                else mixup_loss(logits, answers, lam, order, smoothing))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.item() * len(x), (logits.argmax(1) == top1(answers)).sum().item()
 
 
-def distill(student, optimizer, pool, augment, batch_size, on_step=None, autocast=nullcontext, mixup=0.0):
+def distill(student, optimizer, pool, augment, batch_size, on_step=None, autocast=nullcontext, mixup=0.0,
+            smoothing=0.0):
     """IDEAL step 3: one shuffled pass over the pool on its cached answers;
     `on_step()` is called after every SGD step (a weight average's update);
-    the student's forward passes run under `autocast()`; mixup: see train_step.
+    the student's forward passes run under `autocast()`; mixup, smoothing: see train_step.
     Returns (mean loss, % agreement of the student with those answers)."""
     student.train()
     loss_sum, agree, seen = 0.0, 0, 0
     for images, answers in pool.batches(batch_size):
-        loss, hits = train_step(student, optimizer, augment(to_float(images)), answers, autocast, mixup)
+        loss, hits = train_step(student, optimizer, augment(to_float(images)), answers, autocast, mixup, smoothing)
         if on_step is not None:
             on_step()
         loss_sum, agree, seen = loss_sum + loss, agree + hits, seen + len(images)
@@ -72,7 +75,7 @@ def distill(student, optimizer, pool, augment, batch_size, on_step=None, autocas
 
 
 def distill_relabel(student, optimizer, pool, augment, batch_size, teacher, on_step=None,
-                    autocast=nullcontext):
+                    autocast=nullcontext, smoothing=0.0):
     """The reference code's step 3: the same pass, but every augmented batch is
     asked of the teacher again (the pool holds no answers), until the budget
     runs out. Returns (mean loss, % agreement)."""
@@ -82,7 +85,7 @@ def distill_relabel(student, optimizer, pool, augment, batch_size, teacher, on_s
         x = augment(to_float(images))[:max(0, int(min(len(images), teacher.remaining)))]
         if len(x) == 0:
             break
-        loss, hits = train_step(student, optimizer, x, teacher(x), autocast)
+        loss, hits = train_step(student, optimizer, x, teacher(x), autocast, smoothing=smoothing)
         if on_step is not None:
             on_step()
         loss_sum, agree, seen = loss_sum + loss, agree + hits, seen + len(x)

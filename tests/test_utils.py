@@ -115,6 +115,22 @@ def test_mixup_loss_is_the_loss_on_mixed_targets_by_hand():
     assert torch.allclose(mixup_loss(logits, targets, 1.0, order), distill_loss(logits, targets))
 
 
+def test_label_smoothing_by_hand():
+    """logits (ln 3, 0): p = (0.75, 0.25). Hard answer 0 with eps 0.2 is the
+    target (0.9, 0.1); a soft answer (0.5, 0.5) stays (0.5, 0.5)."""
+    logits = torch.tensor([[math.log(3.0), 0.0]])
+    hard = distill_loss(logits, torch.tensor([0]), smoothing=0.2)
+    assert hard.item() == pytest.approx(-(0.9 * math.log(0.75) + 0.1 * math.log(0.25)), rel=1e-6)  # 0.39754
+    soft = distill_loss(logits, torch.tensor([[0.5, 0.5]]), smoothing=0.2)
+    assert soft.item() == pytest.approx(-0.5 * (math.log(0.75) + math.log(0.25)), rel=1e-6)
+    one_hot = distill_loss(logits, torch.tensor([[1.0, 0.0]]), smoothing=0.2)
+    assert one_hot.item() == pytest.approx(hard.item(), rel=1e-6)  # hard and soft answers smooth alike
+    targets, order = torch.tensor([0, 1]), torch.tensor([1, 0])
+    two = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    assert torch.allclose(mixup_loss(two, targets, 0.75, order, smoothing=0.2),
+                          0.75 * distill_loss(two, targets, 0.2) + 0.25 * distill_loss(two, targets[order], 0.2))
+
+
 def test_distill_with_mixup_trains_on_mixed_images():
     """alpha > 0: the student sees lam * x + (1 - lam) * x[order], with lam and
     order drawn from torch's generator after the pool's shuffle (replayed here)."""

@@ -21,20 +21,24 @@ def generator_loss(logits: torch.Tensor, targets: torch.Tensor, lambda_info: flo
     return ce + lambda_info * info, ce, info
 
 
-def distill_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def distill_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """Student loss on the teacher's answers: cross-entropy on hard labels
     (targets (N,) int64) or on probabilities (targets (N, C) float), which is
-    KL(teacher || student) up to a constant that does not depend on the student."""
+    KL(teacher || student) up to a constant that does not depend on the student.
+    smoothing = eps: the target becomes (1 - eps) * answer + eps / C, for either kind."""
     if targets.dim() == 1:
-        return F.cross_entropy(logits, targets)
+        return F.cross_entropy(logits, targets, label_smoothing=smoothing)
+    targets = (1 - smoothing) * targets + smoothing / targets.shape[1]
     return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
-def mixup_loss(logits: torch.Tensor, targets: torch.Tensor, lam: float, order: torch.Tensor) -> torch.Tensor:
+def mixup_loss(logits: torch.Tensor, targets: torch.Tensor, lam: float, order: torch.Tensor,
+               smoothing: float = 0.0) -> torch.Tensor:
     """distill_loss for images mixed as lam * x + (1 - lam) * x[order]: the
     same mix of the two answers' losses, which for cross-entropy is the loss
     on the mixed target distribution. Hard or soft targets; no new query."""
-    return lam * distill_loss(logits, targets) + (1 - lam) * distill_loss(logits, targets[order])
+    return (lam * distill_loss(logits, targets, smoothing)
+            + (1 - lam) * distill_loss(logits, targets[order], smoothing))
 
 
 def balanced_targets(n: int, classes: int, device=None) -> torch.Tensor:
