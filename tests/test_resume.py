@@ -189,7 +189,7 @@ CHANGED = {"dataset": "fmnist", "net": "mlp", "student_net": "mlp", "method": "n
            "relabel_every_epoch": True, "distill_aug": "flip", "lr_schedule": "cosine", "ema_decay": 0.9,
            "warm_generator": True, "amp": True, "teacher_ckpt": "another_teacher.pt",
            "teacher_url": "http://127.0.0.1:9", "eval_split": "val", "candidates": 3,
-           "mixup": 0.2, "distill_passes": 2, "rebalance_targets": 0.5}
+           "mixup": 0.2, "distill_passes": 2, "rebalance_targets": 0.5, "label_smoothing": 0.1}
 
 
 @pytest.fixture(scope="module")

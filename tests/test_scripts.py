@@ -359,12 +359,10 @@ def test_a_bad_per_dataset_section_is_refused(tmp_path, monkeypatch, section, er
 
 
 def test_label_smoothing_runs_and_refuses_a_bad_eps(workspace):
-    summary, run_dir = run_ideal(workspace, "--epochs=2", "--label_smoothing=0.1", "--exp_name=smooth")
+    summary, _ = run_ideal(workspace, "--epochs=2", "--label_smoothing=0.1", "--exp_name=smooth")
     assert summary["queries"] == summary["samples"] == 20 and summary["label_smoothing"] == 0.1
     with pytest.raises(UserError, match="must be in"):
         ideal.parse_args(ideal_argv(workspace, "--label_smoothing=1"))
-    with pytest.raises(UserError, match="--label_smoothing=0.1.*says --label_smoothing=0.0"):
-        ideal.main(ideal.parse_args(ideal_argv(workspace, "--epochs=3", "--exp_name=smooth", "--resume")))
 
 
 def test_mixup_costs_no_query(workspace):
