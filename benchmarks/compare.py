@@ -423,6 +423,21 @@ def markdown(rows, args):
     return "\n".join(lines) + "\n"
 
 
+def band(curves):
+    """Mean, min and max over seeds of accuracy against queries, on the union of
+    their query counts. A seed counts only between its first and last point, so
+    a run still under way is not drawn past the queries it has spent.
+    curves: lists of (queries, acc, ...) -> (grid, mean, min, max) arrays."""
+    import numpy as np
+    grid = np.array(sorted({q for c in curves for q, *_ in c}), dtype=float)
+    ys = np.full((len(curves), len(grid)), np.nan)
+    for row, c in zip(ys, curves):
+        qs, accs = [q for q, *_ in c], [a for _, a, *_ in c]
+        inside = (grid >= qs[0]) & (grid <= qs[-1])
+        row[inside] = np.interp(grid[inside], qs, accs)
+    return grid, np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+
+
 def plot(records, dataset, path):
     """Accuracy against queries, mean line and a min-max band over seeds."""
     import matplotlib
@@ -439,11 +454,12 @@ def plot(records, dataset, path):
             ax.errorbar(budgets, [np.mean(a) for a in accs], yerr=[np.std(a) for a in accs],
                         marker="o", capsize=3, label=method)
             continue
-        curves = {r["seed"]: r["curve"] for r in rs}.values()  # one curve per seed
-        grid = np.array(sorted({q for c in curves for q, _, _ in c}))
-        ys = np.array([np.interp(grid, [q for q, _, _ in c], [a for _, a, _ in c]) for c in curves])
-        line, = ax.plot(grid, ys.mean(0), label=f"{method} ({len(ys)} seeds)")
-        ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2, color=line.get_color())
+        by_seed = {r["seed"]: r for r in rs}  # one curve per seed
+        grid, mean, low, high = band([r["curve"] for r in by_seed.values()])
+        going = sum(r["unfinished"] for r in by_seed.values())
+        seeds = f"{len(by_seed)} seed{'s' * (len(by_seed) > 1)}" + (f", {going} under way" if going else "")
+        line, = ax.plot(grid, mean, label=f"{method} ({seeds})")
+        ax.fill_between(grid, low, high, alpha=0.2, color=line.get_color())
     ax.axhline(ours[0]["teacher_acc"], ls="--", c="k", label=f"teacher ({ours[0]['teacher_acc']:.2f}%)")
     ax.set(xlabel="teacher queries", ylabel="student test accuracy (%)", title=dataset)
     ax.set_xscale("log")

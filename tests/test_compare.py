@@ -167,6 +167,17 @@ def test_at_budget_reads_the_last_point_within_it():
     assert compare.at_budget(curve, 40) == (60.0, 60.0, 40, 4.0)
 
 
+def test_band_draws_a_run_under_way_only_as_far_as_it_has_spent():
+    done = [(10, 30.0, 1.0), (20, 50.0, 2.0), (40, 70.0, 4.0)]
+    under_way = [(10, 10.0, 1.0), (20, 30.0, 2.0)]
+    grid, mean, low, high = compare.band([done, under_way])
+    assert grid.tolist() == [10, 20, 40]
+    assert mean.tolist() == [20.0, 40.0, 70.0]  # at 40 the finished run alone, not its 30 held flat
+    assert low.tolist() == [10.0, 30.0, 70.0] and high.tolist() == [30.0, 50.0, 70.0]
+    grid, mean, _, _ = compare.band([done, [(10, 30.0, 1.0), (30, 50.0, 3.0)]])
+    assert mean.tolist() == [30.0, 45.0, 55.0, 70.0]  # at 20: (50 + 40) / 2, at 30: (60 + 50) / 2, interpolated
+
+
 def test_per_budget_method_runs_once_per_budget():
     args = compare.parse_args(["--methods=dfme,noise", "--datasets=mnist", "--seeds=1,2",
                                "--budgets=5000,25000"])
