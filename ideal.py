@@ -140,15 +140,18 @@ def apply_preset(parser, argv):
         raise UserError(f"no preset '{known.preset}' ({path}); known: {', '.join(names)}")
     with open(path) as f:
         preset = json.load(f)
-    per_dataset = preset.pop("per_dataset", {})
+    per_dataset = preset.pop("per_dataset", {}) if isinstance(preset, dict) else None
+    sections = list(per_dataset.values()) if isinstance(per_dataset, dict) else [None]
+    if not all(isinstance(v, dict) for v in sections):
+        raise UserError(f"preset {path} must be a JSON object of flags, its per_dataset one object per dataset")
     strangers = set(per_dataset) - set(DATASETS)
     if strangers:
         raise UserError(f"preset {path} has a section for unknown datasets: {', '.join(sorted(strangers))}")
-    preset.update(per_dataset.get(known.dataset, {}))
-    unknown = set(preset) - {a.dest for a in parser._actions}
+    settable = {a.dest for a in parser._actions} - {"dataset", "preset", "help"}  # the dataset picks the section
+    unknown = set(preset).union(*sections) - settable
     if unknown:
         raise UserError(f"preset {path} sets unknown flags: {', '.join(sorted(unknown))}")
-    parser.set_defaults(**preset)
+    parser.set_defaults(**{**preset, **per_dataset.get(known.dataset, {})})
 
 
 def resolve_args(args):

@@ -439,7 +439,8 @@ def band(curves):
 
 
 def plot(records, dataset, path):
-    """Accuracy against queries, mean line and a min-max band over seeds."""
+    """Accuracy against queries, mean line and a min-max band over seeds; an x
+    marks the last point of a run still under way."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -460,6 +461,9 @@ def plot(records, dataset, path):
         seeds = f"{len(by_seed)} seed{'s' * (len(by_seed) > 1)}" + (f", {going} under way" if going else "")
         line, = ax.plot(grid, mean, label=f"{method} ({seeds})")
         ax.fill_between(grid, low, high, alpha=0.2, color=line.get_color())
+        for r in by_seed.values():  # where a run under way stops, and the mean loses a seed
+            if r["unfinished"]:
+                ax.plot(*r["curve"][-1][:2], marker="x", color=line.get_color())
     ax.axhline(ours[0]["teacher_acc"], ls="--", c="k", label=f"teacher ({ours[0]['teacher_acc']:.2f}%)")
     ax.set(xlabel="teacher queries", ylabel="student test accuracy (%)", title=dataset)
     ax.set_xscale("log")

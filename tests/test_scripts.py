@@ -349,18 +349,30 @@ def test_best_preset_keeps_the_generator_fresh_on_fmnist():
     assert ideal.parse_args(["--preset=best", "--dataset=fmnist", "--warm_generator"]).warm_generator
 
 
-@pytest.mark.parametrize("section, error", [({"cifar": {"ngf": 8}}, "unknown datasets: cifar"),
-                                            ({"fmnist": {"ngff": 8}}, "unknown flags: ngff")])
-def test_a_bad_per_dataset_section_is_refused(tmp_path, monkeypatch, section, error):
-    (tmp_path / "mine.json").write_text(json.dumps({"ngf": 8, "per_dataset": section}))
+@pytest.mark.parametrize("preset, error", [
+    ({"ngf": 8, "per_dataset": {"cifar": {"ngf": 8}}}, "unknown datasets: cifar"),
+    ({"ngf": 8, "per_dataset": {"mnist": {"ngff": 8}}}, "unknown flags: ngff"),  # another dataset's typo too
+    ({"ngf": 8, "per_dataset": {"fmnist": {"dataset": "mnist"}}}, "unknown flags: dataset"),
+    ({"ngf": 8, "per_dataset": {"fmnist": None}}, "one object per dataset"),
+    ({"ngf": 8, "per_dataset": ["fmnist"]}, "one object per dataset"),
+    (["ngf"], "must be a JSON object")])
+def test_a_bad_preset_is_refused_in_one_line(tmp_path, monkeypatch, preset, error):
+    (tmp_path / "mine.json").write_text(json.dumps(preset))
     monkeypatch.setattr(ideal, "CONFIG_DIR", str(tmp_path))
     with pytest.raises(UserError, match=error):
         ideal.parse_args(["--preset=mine", "--dataset=fmnist"])
 
 
-def test_label_smoothing_runs_and_refuses_a_bad_eps(workspace):
-    summary, _ = run_ideal(workspace, "--epochs=2", "--label_smoothing=0.1", "--exp_name=smooth")
-    assert summary["queries"] == summary["samples"] == 20 and summary["label_smoothing"] == 0.1
+@pytest.mark.parametrize("relabel", [False, True])
+def test_label_smoothing_reaches_every_distillation_step(workspace, monkeypatch, relabel):
+    from methods import steps
+    seen, real_loss = [], steps.distill_loss
+    monkeypatch.setattr(steps, "distill_loss", lambda logits, answers, eps: seen.append(eps) or
+                        real_loss(logits, answers, eps))
+    mode = ("--relabel_every_epoch", "--query_budget=60") if relabel else ()
+    summary, _ = run_ideal(workspace, "--epochs=2", "--label_smoothing=0.1", f"--exp_name=smooth{relabel}", *mode)
+    assert seen and set(seen) == {0.1} and summary["label_smoothing"] == 0.1
+    assert summary["queries"] == (30 if relabel else 20)  # relabel: each pass asks the whole pool, 10 then 20
     with pytest.raises(UserError, match="must be in"):
         ideal.parse_args(ideal_argv(workspace, "--label_smoothing=1"))
 

@@ -121,14 +121,16 @@ def test_label_smoothing_by_hand():
     logits = torch.tensor([[math.log(3.0), 0.0]])
     hard = distill_loss(logits, torch.tensor([0]), smoothing=0.2)
     assert hard.item() == pytest.approx(-(0.9 * math.log(0.75) + 0.1 * math.log(0.25)), rel=1e-6)  # 0.39754
-    soft = distill_loss(logits, torch.tensor([[0.5, 0.5]]), smoothing=0.2)
-    assert soft.item() == pytest.approx(-0.5 * (math.log(0.75) + math.log(0.25)), rel=1e-6)
+    soft = distill_loss(logits, torch.tensor([[0.8, 0.2]]), smoothing=0.2)  # -> (0.74, 0.26)
+    assert soft.item() == pytest.approx(-(0.74 * math.log(0.75) + 0.26 * math.log(0.25)), rel=1e-6)
     one_hot = distill_loss(logits, torch.tensor([[1.0, 0.0]]), smoothing=0.2)
     assert one_hot.item() == pytest.approx(hard.item(), rel=1e-6)  # hard and soft answers smooth alike
-    targets, order = torch.tensor([0, 1]), torch.tensor([1, 0])
-    two = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    assert torch.allclose(mixup_loss(two, targets, 0.75, order, smoothing=0.2),
-                          0.75 * distill_loss(two, targets, 0.2) + 0.25 * distill_loss(two, targets[order], 0.2))
+    # mixup smooths the mixed target: logits (ln 3, 0), answers 0 and 1 mixed 0.75 / 0.25 give (0.75, 0.25),
+    # smoothed by 0.2 to (0.7, 0.3)
+    mixed = mixup_loss(logits.repeat(2, 1), torch.tensor([0, 1]), 0.75, torch.tensor([1, 0]), smoothing=0.2)
+    first = -(0.7 * math.log(0.75) + 0.3 * math.log(0.25))
+    second = -(0.3 * math.log(0.75) + 0.7 * math.log(0.25))  # the other sample: (0.25, 0.75) -> (0.3, 0.7)
+    assert mixed.item() == pytest.approx((first + second) / 2, rel=1e-6)
 
 
 def test_distill_with_mixup_trains_on_mixed_images():
