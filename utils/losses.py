@@ -28,7 +28,8 @@ def distill_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float =
     smoothing = eps: the target becomes (1 - eps) * answer + eps / C, for either kind."""
     if targets.dim() == 1:
         return F.cross_entropy(logits, targets, label_smoothing=smoothing)
-    targets = (1 - smoothing) * targets + smoothing / targets.shape[1]
+    if smoothing:
+        targets = (1 - smoothing) * targets + smoothing / targets.shape[1]
     return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
