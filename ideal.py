@@ -20,8 +20,9 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from datasets import DATASETS, EVAL_SPLITS, DatasetError, get_spec, load_eval_split
-from methods import (PHASES, SYNTHESIZERS, Clock, IdealSynthesizer, NoiseSynthesizer,
-                     RandomGeneratorSynthesizer, distill, distill_relabel, label_once)
+from methods import (PHASES, SYNTHESIZERS, Clock, IdealSynthesizer, NoiseSynthesizer, RandomGeneratorSynthesizer,
+                     distill, distill_relabel, label_once)
+from methods.synthesizers import MixedSynthesizer, PriorPixelSynthesizer, PriorSynthesizer
 from methods.steps import affordable
 from methods.student import SCHEDULES, Learner
 from models import MODELS, Generator, ModelError, build_model
@@ -49,7 +50,12 @@ def parse_args(argv=None):
     p.add_argument("--net", default="lenet", choices=sorted(MODELS), help="the teacher's architecture")
     p.add_argument("--method", default="ideal", choices=sorted(SYNTHESIZERS),
                    help="where each epoch's images come from: ideal (the paper), or a baseline in the same "
-                        "loop: random_generator (IDEAL's generator, never trained), noise (uniform pixels)")
+                        "loop: random_generator (IDEAL's generator, never trained), noise (uniform pixels), "
+                        "prior (DIP-KD's procedural image priors), prior_pixels (IDEAL's generator step on "
+                        "the pixels of image priors, with --g_steps and --lr_g)")
+    p.add_argument("--prior_share", type=float, default=0.0,
+                   help="with --method=ideal: this share of every batch is DIP-KD image priors instead of "
+                        "generator images (0 = off, the paper); same queries")
     p.add_argument("--student_net", default=None, choices=sorted(MODELS), help="default: same as --net")
     p.add_argument("--epochs", type=int, default=100, help="generation epochs E; each adds batch_size samples")
     p.add_argument("--batch_size", type=int, default=250, help="B: samples generated per epoch, and distillation batch")
@@ -171,8 +177,10 @@ def resolve_args(args):
     for name in ("lr", "lr_g"):
         if not getattr(args, name) > 0:  # `not >` refuses NaN too
             raise UserError(f"--{name} must be positive")
-    if args.method != "ideal" and (args.candidates > 1 or args.warm_generator):
-        raise UserError(f"--candidates and --warm_generator shape IDEAL's generator; --method={args.method} "
+    if not 0 <= args.prior_share < 1:
+        raise UserError("--prior_share must be in [0, 1) (0 = off)")
+    if args.method != "ideal" and (args.candidates > 1 or args.warm_generator or args.prior_share):
+        raise UserError(f"--candidates, --warm_generator and --prior_share shape IDEAL's batch; --method={args.method} "
                         "has none to shape (use --method=ideal)")
     if not (args.rebalance_targets >= 0 and math.isfinite(args.rebalance_targets)):
         raise UserError("--rebalance_targets must be a finite number >= 0 (0 = off)")
@@ -205,7 +213,7 @@ DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", 
             "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
             "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
             "lr_schedule", "ema_decay", "warm_generator", "amp", "teacher_ckpt", "teacher_url", "eval_split",
-            "candidates", "mixup", "distill_passes", "rebalance_targets", "label_smoothing")
+            "candidates", "mixup", "distill_passes", "rebalance_targets", "label_smoothing", "prior_share")
 
 
 def check_resume(args, saved, epochs_done, queries):
@@ -243,15 +251,24 @@ def into_anneal(args, saved, epochs_done) -> bool:
 
 def build_synthesizer(args, spec, device, autocast):
     """The zero-query image source of --method (see methods/synthesizers.py),
-    its forward passes under `autocast()`."""
+    its forward passes under `autocast()`; with --prior_share, that share of
+    every batch is image priors instead."""
+    shape = (spec.channels, spec.size, spec.size)
+    n_prior = round(args.batch_size * args.prior_share)
     if args.method == "noise":
-        return NoiseSynthesizer(args.batch_size, (spec.channels, spec.size, spec.size), device)
+        return NoiseSynthesizer(args.batch_size, shape, device)
+    if args.method == "prior":
+        return PriorSynthesizer(args.batch_size, shape, device)
+    if args.method == "prior_pixels":
+        return PriorPixelSynthesizer(PriorSynthesizer(args.batch_size, shape, device), spec.classes, args.g_steps,
+                                     args.lr_g, args.lambda_info, autocast=autocast)
     generator = to_device(Generator(args.nz, args.ngf, spec.channels, spec.size), device)
     if args.method == "random_generator":
         return RandomGeneratorSynthesizer(generator, args.nz, args.batch_size, autocast)
-    return IdealSynthesizer(generator, args.nz, args.batch_size, spec.classes, args.g_steps,
-                            args.lr_g, args.lambda_info, autocast=autocast, warm=args.warm_generator,
-                            candidates=args.candidates)
+    ideal = IdealSynthesizer(generator, args.nz, args.batch_size - n_prior, spec.classes, args.g_steps,
+                             args.lr_g, args.lambda_info, autocast=autocast, warm=args.warm_generator,
+                             candidates=args.candidates)
+    return MixedSynthesizer(ideal, PriorSynthesizer(n_prior, shape, device)) if n_prior else ideal
 
 
 def main(args):
@@ -466,7 +483,7 @@ def make_summary(args, state, teacher, teacher_acc, device):
         "batch_size": args.batch_size, "g_steps": args.g_steps, "ngf": args.ngf,
         "relabel_every_epoch": args.relabel_every_epoch, "distill_aug": args.distill_aug,
         "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "warm_generator": args.warm_generator,
-        "candidates": args.candidates, "mixup": args.mixup, "distill_passes": args.distill_passes,
+        "candidates": args.candidates, "prior_share": args.prior_share, "mixup": args.mixup, "distill_passes": args.distill_passes,
         "rebalance_targets": args.rebalance_targets, "label_smoothing": args.label_smoothing,
         "eval_split": args.eval_split,  # best_acc and final_acc are on this split
         "reference_code_queries": reference_code_queries(args.epochs, args.distill_epochs,

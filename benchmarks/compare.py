@@ -50,6 +50,7 @@ class Method:
     extends: str = ""
 
 
+DIPKD_EPOCHS = 100  # DIP-KD's student training on MNIST/FMNIST (its appendix: 100 epochs, lr 1e-2)
 ANNEAL_EPOCHS = 100  # chosen on held-out training images at 5k queries over 10, 30, 100 (README, Beyond the paper)
 ANNEAL = ("--lr_schedule=anneal", f"--distill_epochs={ANNEAL_EPOCHS}")
 METHODS = {
@@ -94,12 +95,52 @@ METHODS = {
                                     per_budget=True, extends="ideal_cpu_warm",
                                     about=f"IDEAL, CPU preset, warm generator, then {ANNEAL_EPOCHS} distill-only "
                                           "epochs annealing the student's rate to zero (levers, no query)"),
+    "ideal_best": Method("ideal.py", ("--method=ideal", "--preset=best"),
+                         about="IDEAL, --preset=best (configs/best.json: the CPU preset, warm generator on MNIST)"),
+    "ideal_best_prior": Method("ideal.py", ("--method=ideal", "--preset=best", "--prior_share=0.5"),
+                               about="IDEAL, --preset=best, half of every batch DIP-KD image priors (a lever)"),
+    "prior_pixels": Method("ideal.py", ("--method=prior_pixels", "--preset=cpu", "--lr_g=0.1"),
+                           about="IDEAL's generator step on the pixels of DIP-KD image priors (g_steps 10, "
+                                 "Adam lr 0.1 on pixel logits)"),
+    "prior": Method("ideal.py", ("--method=prior",), about="DIP-KD image priors in IDEAL's loop, each labelled once"),
+    # The literature's baselines as DIP-KD trains its students: every image labelled, then 100
+    # epochs at a constant lr 0.01 with random shifts (their appendix; here the 100 epochs follow
+    # IDEAL's loop of B images an epoch, and the student sees 28x28 images, not 32x32)
+    "naive": Method("ideal.py", ("--method=noise", "--distill_aug=crop", f"--distill_epochs={DIPKD_EPOCHS}"),
+                    per_budget=True, about="NaiveKD: uniform noise labelled once, then DIP-KD's 100 epochs"),
+    "prior_kd": Method("ideal.py", ("--method=prior", "--distill_aug=crop", f"--distill_epochs={DIPKD_EPOCHS}"),
+                       per_budget=True, about="DIP-KD's Synthesis phase alone: image priors labelled once, "
+                                              "then DIP-KD's 100 epochs"),
 }
 DEFAULT_METHODS = ("ideal_cpu", "ideal_cpu_warm", "noise", "random_generator", "ideal_paper", "dfme")
 BUDGETS = {"mnist": (5000, 10000, 25000), "fmnist": (5000, 10000, 25000, 50000)}
-# The teacher per dataset, trained once by pretrain.py with the README's recipe:
-# 3 epochs reach 99.2% on MNIST (the quickstart's teacher); FMNIST gets 10.
-TEACHER_EPOCHS = {"mnist": 3, "fmnist": 10}
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A teacher of the sweep: its file under SAVE_DIR/teachers ({dataset} is
+    filled in), the command that trains it (a script and its flags; {epochs}
+    is filled in per dataset), and the flags ideal.py and dfme.py need to ask it."""
+    file: str
+    train: tuple
+    epochs: dict
+    flags: tuple = ()
+    about: str = ""
+
+
+TEACHERS = {
+    # the README's recipe (SGD, one-cycle): 3 epochs reach 99.2% on MNIST (the quickstart's teacher)
+    "main": Teacher("{dataset}_{net}.pt", ("pretrain.py", "--net={net}"), {"mnist": 3, "fmnist": 10},
+                    about="--net, the README's recipe (SGD with a one-cycle schedule, seed 2021)"),
+    # the reference's recipe: constant lr 0.1, no weight decay, and another seed
+    "sgd": Teacher("{dataset}_{net}_sgd.pt", ("pretrain.py", "--net={net}", "--schedule=none", "--lr=0.1",
+                                               "--weight_decay=0", "--seed=7"), {"mnist": 5, "fmnist": 12},
+                   about="--net, plain SGD at a constant lr 0.1 (the reference's), no weight decay, seed 7"),
+    # an architecture the registry does not have, reached as a torch.export program
+    "resmax": Teacher("{dataset}_resmax.pt2", ("scripts/export_teacher.py",), {"mnist": 2, "fmnist": 2},
+                      flags=("--trust_teacher_code",),
+                      about="ResMax (scripts/export_teacher.py), a torch.export .pt2 of another architecture"),
+}
 # flags whose effect depends on the run's length: with them a run stopped early
 # is not the run at a smaller budget
 BUDGET_DEPENDENT = {"--lr_schedule", "--distill_epochs", "--epochs"}
@@ -114,7 +155,8 @@ def parse_args(argv=None):
     p.add_argument("--budgets", default=None,
                    help="comma-separated query budgets for every dataset (default: "
                         + "; ".join(f"{d} {','.join(map(str, b))}" for d, b in BUDGETS.items()) + ")")
-    p.add_argument("--net", default="lenet", help="teacher and student architecture")
+    p.add_argument("--net", default="lenet", help="the student's architecture, and the main and sgd teachers'")
+    p.add_argument("--teachers", default="main", help=f"any of {', '.join(TEACHERS)}: one row per teacher")
     p.add_argument("--batch_size", type=int, default=250, help="B of the IDEAL loop (samples per epoch)")
     p.add_argument("--devices", default="cpu",
                    help="one job runs on each entry at a time: cpu,cpu runs two CPU jobs side by side; "
@@ -123,7 +165,7 @@ def parse_args(argv=None):
                    help="torch threads per CPU job (0: the cores shared out between CPU jobs). "
                         "Results depend on the thread count")
     p.add_argument("--job_flags", default="", help="extra flags for every job (tests use tiny nets)")
-    p.add_argument("--teacher_epochs", type=int, default=0, help="override TEACHER_EPOCHS (0: the table)")
+    p.add_argument("--teacher_epochs", type=int, default=0, help="override every teacher's epochs (0: TEACHERS)")
     p.add_argument("--unfinished", action="store_true",
                    help="also report runs still under way, at the smaller budgets they have passed (exact for "
                         "the same reason the budgets are read off one run); their seeds are starred")
@@ -135,6 +177,10 @@ def parse_args(argv=None):
     args.methods = args.methods.split(",")
     args.datasets = args.datasets.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.teachers = args.teachers.split(",")
+    for name in args.teachers:
+        if name not in TEACHERS:
+            p.error(f"unknown teacher '{name}'; known: {', '.join(TEACHERS)}")
     args.devices = args.devices.split(",")
     for name in args.methods:
         if name not in METHODS:
@@ -158,23 +204,30 @@ class Job:
     dataset: str
     seed: int
     budget: int  # the largest budget, or this job's own for a per-budget method
+    teacher: str = "main"
 
     @property
     def name(self):
         budget = f"-b{self.budget}" if METHODS[self.method].per_budget else ""
-        return f"{self.dataset}-{self.method}{budget}-s{self.seed}"
+        teacher = "" if self.teacher == "main" else f"-{self.teacher}"  # the main teacher's runs keep their names
+        return f"{self.dataset}{teacher}-{self.method}{budget}-s{self.seed}"
 
 
 def plan(args):
-    """Every job of the sweep: one per (method, dataset, seed), or per budget too."""
+    """Every job of the sweep: one per (method, dataset, teacher, seed), or per budget too."""
     jobs = []
     for dataset in args.datasets:
         budgets = budgets_for(args, dataset)
-        for method in args.methods:
-            for seed in args.seeds:
-                for budget in budgets if METHODS[method].per_budget else budgets[-1:]:
-                    jobs.append(Job(method, dataset, seed, budget))
+        for teacher in args.teachers:
+            for method in args.methods:
+                for seed in args.seeds:
+                    for budget in budgets if METHODS[method].per_budget else budgets[-1:]:
+                        jobs.append(Job(method, dataset, seed, budget, teacher))
     return jobs
+
+
+def teacher_path(args, teacher, dataset):
+    return os.path.join(args.save_dir, "teachers", TEACHERS[teacher].file.format(dataset=dataset, net=args.net))
 
 
 def run_dir(args, job):
@@ -187,7 +240,8 @@ def command(args, job, device):
     cmd = [sys.executable, os.path.join(ROOT, method.script), f"--dataset={job.dataset}",
            f"--net={args.net}", f"--query_budget={job.budget}", f"--seed={job.seed}",
            f"--save_dir={args.save_dir}", f"--data_dir={args.data_dir}", f"--exp_name={job.name}",
-           f"--device={device}", *method.flags]
+           f"--device={device}", f"--teacher_ckpt={teacher_path(args, job.teacher, job.dataset)}",
+           *TEACHERS[job.teacher].flags, *method.flags]
     if method.script == "ideal.py":
         cmd += [f"--epochs={math.ceil(job.budget / args.batch_size)}", f"--batch_size={args.batch_size}"]
     cmd += args.job_flags.split()
@@ -197,20 +251,24 @@ def command(args, job, device):
 
 
 def ensure_teachers(args):
-    """Train each dataset's teacher once; every method of the sweep then uses it."""
+    """Train each (dataset, teacher) once; every method of the sweep then asks it."""
     for dataset in args.datasets:
-        path = os.path.join(args.save_dir, "teachers", f"{dataset}_{args.net}.pt")
-        if os.path.isfile(path):
-            continue
-        epochs = args.teacher_epochs or TEACHER_EPOCHS.get(dataset, 10)
-        tqdm.write(f"training the {dataset} teacher ({epochs} epochs) -> {path}")
-        done = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py"), f"--dataset={dataset}",
-                               f"--net={args.net}", f"--epochs={epochs}", f"--save_dir={args.save_dir}",
-                               f"--data_dir={args.data_dir}"], env=job_env(args, "cpu"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if done.returncode:
-            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            sys.exit(f"compare: training the {dataset} teacher failed: {last}")
+        for name in args.teachers:
+            path, teacher = teacher_path(args, name, dataset), TEACHERS[name]
+            if os.path.isfile(path):
+                continue
+            epochs = args.teacher_epochs or teacher.epochs.get(dataset, 10)
+            tqdm.write(f"training the {dataset} teacher '{name}' ({epochs} epochs) -> {path}")
+            script, *flags = (f.format(net=args.net) for f in teacher.train)
+            out = ([f"--teacher_ckpt={path}", f"--save_dir={args.save_dir}", f"--exp_name={dataset}_{name}"]
+                   if script == "pretrain.py" else [f"--out={path}"])
+            done = subprocess.run([sys.executable, os.path.join(ROOT, script), f"--dataset={dataset}", *flags,
+                                   f"--epochs={epochs}", f"--data_dir={args.data_dir}", *out],
+                                  env=job_env(args, "cpu"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+            if done.returncode:
+                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                sys.exit(f"compare: training the {dataset} teacher '{name}' failed: {last}")
 
 
 def job_env(args, device):
@@ -364,7 +422,8 @@ def collect(args, jobs):
             final, best, queries, seconds = point
             if budget == job.budget:  # the run's own end: the summary is the authority
                 final, best, queries = summary["final_acc"], summary["best_acc"], summary["queries"]
-            records.append({"method": job.method, "dataset": job.dataset, "seed": job.seed, "eval_split": split,
+            records.append({"method": job.method, "dataset": job.dataset, "teacher": job.teacher, "seed": job.seed,
+                            "eval_split": split,
                             "unfinished": bool(summary.get("unfinished")),
                             "budget": budget, "final_acc": final, "best_acc": best, "queries": queries,
                             "wall_s": round(seconds, 1), "teacher_acc": summary["teacher_acc"],
@@ -377,11 +436,11 @@ def aggregate(records):
     """Mean +- std (sample std, n-1) over seeds per (dataset, method, budget)."""
     groups = {}
     for r in records:
-        groups.setdefault((r["dataset"], r["method"], r["budget"], r["eval_split"]), []).append(r)
+        groups.setdefault((r["dataset"], r["teacher"], r["method"], r["budget"], r["eval_split"]), []).append(r)
     rows = []
-    for (dataset, method, budget, split), rs in sorted(groups.items()):
+    for (dataset, teacher, method, budget, split), rs in sorted(groups.items()):
         finals, bests = [r["final_acc"] for r in rs], [r["best_acc"] for r in rs]
-        rows.append({"dataset": dataset, "method": method, "budget": budget, "eval_split": split,
+        rows.append({"dataset": dataset, "teacher": teacher, "method": method, "budget": budget, "eval_split": split,
                      "seeds": [r["seed"] for r in rs], "unfinished_seeds": [r["seed"] for r in rs if r["unfinished"]],
                      "final_mean": statistics.mean(finals),
                      "final_std": statistics.stdev(finals) if len(rs) > 1 else float("nan"),
@@ -405,9 +464,10 @@ def markdown(rows, args):
              "the test set. Mean +- std over the seeds listed (sample std). A method marked [val] was "
              "scored on held-out training images (ideal.py --eval_split=val), not the test set. A starred "
              "seed was read from a run still under way (--unfinished), at a budget it had already spent.", ""]
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        ours = [r for r in rows if r["dataset"] == dataset]
-        lines += [f"## {dataset} (teacher {args.net}, {ours[0]['teacher_acc']:.2f}%)", "",
+    for dataset, teacher in dict.fromkeys((r["dataset"], r["teacher"]) for r in rows):
+        ours = [r for r in rows if (r["dataset"], r["teacher"]) == (dataset, teacher)]
+        lines += [f"## {dataset}, teacher {teacher} ({ours[0]['teacher_acc']:.2f}%; {TEACHERS[teacher].about}), "
+                  f"student {args.net}", "",
                   "| method | budget | queries used (max) | final acc | best acc (test-selected) "
                   "| seeds | seconds to reach it (mean) | device |",
                   "|---|---:|---:|---:|---:|---|---:|---|"]
@@ -465,7 +525,7 @@ def plot(records, dataset, path):
             if r["unfinished"]:
                 ax.plot(*r["curve"][-1][:2], marker="x", color=line.get_color())
     ax.axhline(ours[0]["teacher_acc"], ls="--", c="k", label=f"teacher ({ours[0]['teacher_acc']:.2f}%)")
-    ax.set(xlabel="teacher queries", ylabel="student test accuracy (%)", title=dataset)
+    ax.set(xlabel="teacher queries", ylabel="student test accuracy (%)", title=f"{dataset}, teacher {ours[0]['teacher']}")
     ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -486,8 +546,9 @@ def report(args, jobs):
     with open(os.path.join(args.out, "compare.json"), "w") as f:
         json.dump({"rows": rows, "runs": [{k: v for k, v in r.items() if k != "curve"} for r in records]},
                   f, indent=1)
-    for dataset in dict.fromkeys(r["dataset"] for r in records):
-        plot(records, dataset, os.path.join(args.out, f"compare_{dataset}.png"))
+    for dataset, teacher in dict.fromkeys((r["dataset"], r["teacher"]) for r in records):
+        name = dataset if teacher == "main" else f"{dataset}_{teacher}"
+        plot([r for r in records if r["teacher"] == teacher], dataset, os.path.join(args.out, f"compare_{name}.png"))
     tqdm.write(f"{len(records)} results from {len({r['run'] for r in records})} runs -> {args.out}/compare.md")
     return rows
 

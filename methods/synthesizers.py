@@ -7,12 +7,17 @@ generator losses as {"loss", "ce", "info"} or None).
 - RandomGeneratorSynthesizer: the same fresh generator, not trained. The
   ablation of what IDEAL's zero-query generator training buys.
 - NoiseSynthesizer: uniform noise, the naive baseline of the literature.
+- PriorSynthesizer (methods/priors.py): DIP-KD's procedural image priors.
+- PriorPixelSynthesizer: IDEAL's step 1 with the generator replaced by the
+  pixels of a batch of image priors, trained against the student from there.
+- MixedSynthesizer: one batch made of the batches of several synthesizers.
 """
 import math
 from contextlib import nullcontext
 
 import torch
 
+from methods.priors import PriorSynthesizer
 from methods.steps import frozen
 from models import init_generator_
 from utils.augment import build_augment
@@ -159,5 +164,57 @@ class NoiseSynthesizer(Stateless):
         return torch.rand(self.batch_size, *self.shape, device=self.device), None
 
 
+class PriorPixelSynthesizer(Stateless):
+    """IDEAL's generator step, started from the prior: the batch's pixels
+    (as logits, so they stay in [0, 1]) begin as image priors and take g_steps
+    Adam steps on IDEAL's loss against the frozen student; the batch of the
+    lowest-loss step is returned, as in IdealSynthesizer. No teacher query."""
+
+    def __init__(self, prior, classes: int, g_steps: int = 10, lr: float = 0.1, lambda_info: float = 5.0,
+                 augment: str = "crop+flip", autocast=nullcontext):
+        self.prior, self.classes, self.g_steps, self.lr = prior, classes, g_steps, lr
+        self.lambda_info, self.autocast, self.augment = lambda_info, autocast, build_augment(augment)
+
+    def synthesize(self, student):
+        x0 = self.prior.sample(self.prior.batch_size)
+        logits = torch.logit(x0.clamp(1e-3, 1 - 1e-3)).requires_grad_(True)
+        optimizer = torch.optim.Adam([logits], lr=self.lr, betas=(0.5, 0.999))
+        targets = class_targets(len(x0), self.classes, device=x0.device)
+        best_loss, best = math.inf, None
+        with frozen(student):
+            for _ in range(self.g_steps):
+                x = logits.sigmoid()
+                with self.autocast():
+                    loss, ce, info = generator_loss(student(self.augment(x)), targets, self.lambda_info)
+                if loss.item() < best_loss:  # compared before the step, as in IdealSynthesizer
+                    best_loss, best = loss.item(), (x.detach().float(), ce.item(), info.item())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        if best is None:
+            raise UserError("the loss on the prior's pixels was not finite at any step; no query was made")
+        x, ce, info = best
+        return x, {"loss": best_loss, "ce": ce, "info": info}
+
+
+class MixedSynthesizer:
+    """The batches of several synthesizers, one after the other, as one batch;
+    the generator losses are the first part's. Its state is its parts'."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+
+    def synthesize(self, student):
+        made = [part.synthesize(student) for part in self.parts]
+        return torch.cat([x for x, _ in made]), made[0][1]
+
+    def state_dict(self):
+        return [part.state_dict() for part in self.parts]
+
+    def load_state_dict(self, state) -> None:
+        for part, saved in zip(self.parts, state or [None] * len(self.parts)):
+            part.load_state_dict(saved)
+
+
 SYNTHESIZERS = {"ideal": IdealSynthesizer, "random_generator": RandomGeneratorSynthesizer,
-                "noise": NoiseSynthesizer}
+                "noise": NoiseSynthesizer, "prior": PriorSynthesizer, "prior_pixels": PriorPixelSynthesizer}

@@ -1,0 +1,122 @@
+"""DIP-KD's image priors (methods/priors.py) and the methods built on them:
+shapes and ranges, randomness, the paper's filter by hand, one query per
+stored image, and a resume that equals an uninterrupted run."""
+import os
+
+import pytest
+import torch
+
+import ideal
+from methods.priors import (PriorSynthesizer, diverging_filter, hierarchical_noise, nonlinear_transform,
+                            semantic_cutmix, semantic_mask)
+from test_resume import Killed, kill_on
+from test_scripts import run_ideal, workspace  # noqa: F401 (workspace is a fixture)
+from utils.run import load_checkpoint
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64)])
+def test_priors_are_images_of_the_dataset_shape_in_0_1(shape):
+    torch.manual_seed(0)
+    x, losses = PriorSynthesizer(16, shape, "cpu").synthesize()
+    assert losses is None
+    assert x.shape == (16, *shape) and x.dtype == torch.float32
+    assert x.min() >= 0 and x.max() <= 1
+    assert x.std() > 0.05  # not a flat grey
+
+
+def test_priors_differ_across_a_batch_and_across_seeds():
+    def batch(seed):
+        torch.manual_seed(seed)
+        return PriorSynthesizer(8, (1, 28, 28), "cpu").synthesize()[0]
+
+    a, b = batch(1), batch(2)
+    flat = a.flatten(1)
+    assert torch.cdist(flat, flat).fill_diagonal_(float("inf")).min() > 1.0  # no two images alike
+    assert not torch.equal(a, b)
+    assert torch.equal(a, batch(1))  # the seed decides everything
+
+
+def test_hierarchical_noise_mixes_scales_up_to_the_covering_power_of_two():
+    torch.manual_seed(0)
+    x = hierarchical_noise(5, 3, 28)
+    assert x.shape == (5, 3, 32, 32)  # d_max = ceil(log2 28) = 5
+    assert x.min() >= 0 and x.max() <= 1
+    # a convex mix of uniform noise: its mean stays near 1/2
+    assert abs(x.mean().item() - 0.5) < 0.1
+
+
+def test_diverging_filter_by_hand():
+    m = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    # 2 m^2 below 0.5, 1 - 2 (m - 1)^2 above: 0 -> 0, 0.25 -> 0.125, 0.75 -> 0.875, 1 -> 1
+    assert torch.allclose(diverging_filter(m), torch.tensor([0.0, 0.125, 0.5, 0.875, 1.0]))
+
+
+def test_semantic_mask_is_driven_to_0_and_1():
+    torch.manual_seed(0)
+    m = semantic_mask(4, 28)
+    assert m.shape == (4, 1, 28, 28)
+    assert ((m < 0.1) | (m > 0.9)).float().mean() > 0.7
+    assert 0.05 < m.mean() < 0.95  # both regions are there
+
+
+def test_semantic_cutmix_never_pairs_an_image_with_itself():
+    torch.manual_seed(0)
+    x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 1, 4, 4).clone() / 10
+    zero = torch.zeros(6, 1, 4, 4)
+    mixed = semantic_cutmix(x, zero, mono_prob=0.0)  # mask 0: the partner alone
+    assert sorted(mixed[:, 0, 0, 0].tolist()) == sorted(x[:, 0, 0, 0].tolist())  # every image is a partner once
+    assert not torch.isclose(mixed[:, 0, 0, 0], x[:, 0, 0, 0]).any()
+    assert torch.equal(semantic_cutmix(x, torch.ones(6, 1, 4, 4)), x)  # mask 1: the image itself
+
+
+def test_nonlinear_transform_crops_to_size_and_keeps_the_range():
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 32, 32)
+    y = nonlinear_transform(x, 28)
+    assert y.shape == (3, 1, 28, 28)
+    assert y.min() >= 0 and y.max() <= 1
+    still = nonlinear_transform(x, 32, max_degrees=0.0, elastic_alpha=0.0)
+    assert torch.allclose(still, x, atol=1e-5)  # no rotation, no warp, nothing to crop: the identity
+
+
+@pytest.mark.parametrize("flags", [("--method=prior",), ("--method=prior_pixels", "--lr_g=0.1"),
+                                   ("--method=ideal", "--prior_share=0.5")])
+def test_prior_methods_make_one_query_per_stored_image(workspace, flags):  # noqa: F811
+    name = "prior_" + "".join(c for c in "".join(flags) if c.isalnum())
+    summary, run_dir = run_ideal(workspace, "--epochs=3", "--query_budget=25", f"--exp_name={name}", *flags)
+    assert summary["queries"] == summary["samples"] == 25  # 10 + 10 + the 5 the budget allows
+    pool = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]
+    assert pool["images"].shape[0] == pool["answers"].shape[0] == 25
+
+
+def test_prior_share_splits_the_batch(workspace, monkeypatch):  # noqa: F811
+    args = ideal.parse_args(["--method=ideal", "--prior_share=0.3", "--batch_size=10", "--nz=8", "--ngf=4",
+                             f"--save_dir={workspace['save_dir']}"])
+    synthesizer = ideal.build_synthesizer(args, ideal.get_spec("mnist"), torch.device("cpu"), torch.no_grad)
+    ideal_part, prior_part = synthesizer.parts
+    assert (ideal_part.batch_size, prior_part.batch_size) == (7, 3)
+
+
+def test_prior_share_is_refused_where_it_means_nothing(workspace):  # noqa: F811
+    with pytest.raises(ideal.UserError, match="prior_share"):
+        ideal.parse_args(["--method=noise", "--prior_share=0.5", f"--save_dir={workspace['save_dir']}"])
+    with pytest.raises(ideal.UserError, match="prior_share"):
+        ideal.parse_args(["--prior_share=1", f"--save_dir={workspace['save_dir']}"])
+
+
+@pytest.mark.parametrize("flags", [("--method=prior",), ("--method=ideal", "--prior_share=0.5")])
+def test_a_resumed_prior_run_equals_an_uninterrupted_one(workspace, monkeypatch, flags):  # noqa: F811
+    tag = "".join(c for c in "".join(flags) if c.isalnum())
+    base = ("--epochs=3", "--query_budget=25", *flags)
+    straight, straight_dir = run_ideal(workspace, *base, f"--exp_name=straight_{tag}")
+    with monkeypatch.context() as m:
+        kill_on(m, ideal, "distill", 2)  # in epoch 2, after its batch was labelled and saved
+        with pytest.raises(Killed):
+            run_ideal(workspace, *base, f"--exp_name=killed_{tag}")
+    resumed, resumed_dir = run_ideal(workspace, *base, f"--exp_name=killed_{tag}", "--resume")
+    assert resumed["queries"] == straight["queries"] == 25
+    assert resumed["final_acc"] == straight["final_acc"]
+    a, b = (load_checkpoint(os.path.join(d, "last.pt"), "cpu") for d in (straight_dir, resumed_dir))
+    assert torch.equal(a["pool"]["images"], b["pool"]["images"])
+    assert torch.equal(a["pool"]["answers"], b["pool"]["answers"])
+    assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
