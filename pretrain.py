@@ -38,7 +38,7 @@ from utils.run import (UserError, amp_autocast, load_checkpoint, make_run_dir, p
                        rng_state, run_cli, save_checkpoint, save_json, seed_everything, set_rng_state, to_device)
 from utils.teacher import default_teacher_path, save_teacher
 
-WARMUP = 0.15  # fraction of steps spent warming up; measured: 99.17% after 2 MNIST epochs
+WARMUP = 0.15  # fraction of steps spent warming up (chosen on MNIST; docs/RESULTS.md)
 START_DIV = 25  # warm-up starts at lr / 25
 # What a resume may not change: the schedule spans the whole run, so with it
 # --epochs defines the run too (see check_resume).

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from methods.synthesizers import SYNTHESIZERS  # noqa: E402
 from utils.report import newest_per_step  # noqa: E402
 from utils.run import UserError, load_checkpoint  # noqa: E402
 
@@ -44,15 +45,10 @@ class Method:
     flags: tuple  # what makes this method, on top of the shared flags
     per_budget: bool = False  # True when the schedule depends on the budget
     about: str = ""
-    # A constant-rate method this one continues into --lr_schedule=anneal: where
-    # that method's finished run spent exactly this job's budget, the job starts
-    # from a copy of it (its generation epochs are that run's) instead of anew.
-    extends: str = ""
+    relabel: bool = False  # the reference code's re-querying: its epochs are those that spend the budget
 
 
 DIPKD_EPOCHS = 100  # DIP-KD's student training on MNIST/FMNIST (its appendix: 100 epochs, lr 1e-2)
-ANNEAL_EPOCHS = 100  # chosen on held-out training images at 5k queries over 10, 30, 100 (README, Beyond the paper)
-ANNEAL = ("--lr_schedule=anneal", f"--distill_epochs={ANNEAL_EPOCHS}")
 METHODS = {
     "ideal_cpu": Method("ideal.py", ("--method=ideal", "--preset=cpu"),
                         about="IDEAL, CPU preset (g_steps 10, ngf 16, lr_g 1e-2)"),
@@ -63,38 +59,19 @@ METHODS = {
                                       "half the student is least sure of (levers, not the paper)"),
     "ideal_cpu_k2": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--candidates=2"),
                            about="IDEAL, CPU preset, 2x candidates, least sure half labelled (a lever, not the paper)"),
-    "ideal_cpu_warm_k2_anneal": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--warm_generator",
-                                                    "--candidates=2", *ANNEAL), per_budget=True,
-                                       extends="ideal_cpu_warm_k2",
-                                       about=f"IDEAL, CPU preset, warm generator, 2x candidates, then {ANNEAL_EPOCHS} "
-                                             "distill-only epochs annealing the rate to zero (levers, no query)"),
     "ideal_paper": Method("ideal.py", ("--method=ideal",),
                           about="IDEAL, the paper's settings (g_steps 30, ngf 64, lr_g 1e-3)"),
     "ideal_paper_warm": Method("ideal.py", ("--method=ideal", "--warm_generator"),
                                about="IDEAL, the paper's settings, generator kept warm across epochs (a lever)"),
-    "ideal_paper_anneal": Method("ideal.py", ("--method=ideal", *ANNEAL), per_budget=True, extends="ideal_paper",
-                                 about=f"IDEAL, the paper's settings, then {ANNEAL_EPOCHS} distill-only epochs "
-                                       "annealing the student's rate to zero (a lever, no query)"),
-    "ideal_paper_warm_anneal": Method("ideal.py", ("--method=ideal", "--warm_generator", *ANNEAL), per_budget=True,
-                                      extends="ideal_paper_warm",
-                                      about=f"IDEAL, the paper's settings, warm generator, then {ANNEAL_EPOCHS} "
-                                            "distill-only epochs annealing the rate to zero (levers, no query)"),
     "ideal_cpu_soft": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--bb_mode=soft"),
                              about="IDEAL, CPU preset, with the teacher's probabilities instead of its top-1 label "
                                    "(a stronger black box: compare it with DFME, not with the hard-label rows)"),
-    "noise": Method("ideal.py", ("--method=noise",), about="uniform-noise images, each labelled once"),
-    "random_generator": Method("ideal.py", ("--method=random_generator",),
-                               about="IDEAL's generator, freshly initialised and never trained"),
+    "ideal_cpu_relabel": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--relabel_every_epoch"),
+                                per_budget=True, relabel=True,
+                                about="IDEAL, CPU preset, re-asking the teacher about every augmented pool image "
+                                      "every epoch, as the reference code does (counted)"),
     "dfme": Method("dfme.py", (), per_budget=True,
                    about="DFME (soft labels, zeroth-order gradients through the teacher)"),
-    "ideal_cpu_anneal": Method("ideal.py", ("--method=ideal", "--preset=cpu", *ANNEAL), per_budget=True,
-                               extends="ideal_cpu",
-                               about=f"IDEAL, CPU preset, then {ANNEAL_EPOCHS} distill-only epochs annealing the "
-                                     "student's rate to zero (a lever, no query)"),
-    "ideal_cpu_warm_anneal": Method("ideal.py", ("--method=ideal", "--preset=cpu", "--warm_generator", *ANNEAL),
-                                    per_budget=True, extends="ideal_cpu_warm",
-                                    about=f"IDEAL, CPU preset, warm generator, then {ANNEAL_EPOCHS} distill-only "
-                                          "epochs annealing the student's rate to zero (levers, no query)"),
     "ideal_best": Method("ideal.py", ("--method=ideal", "--preset=best"),
                          about="IDEAL, --preset=best (configs/best.json: the CPU preset, warm generator on MNIST)"),
     "ideal_best_prior": Method("ideal.py", ("--method=ideal", "--preset=best", "--prior_share=0.5"),
@@ -102,7 +79,6 @@ METHODS = {
     "prior_pixels": Method("ideal.py", ("--method=prior_pixels", "--preset=cpu", "--lr_g=0.1"),
                            about="IDEAL's generator step on the pixels of DIP-KD image priors (g_steps 10, "
                                  "Adam lr 0.1 on pixel logits)"),
-    "prior": Method("ideal.py", ("--method=prior",), about="DIP-KD image priors in IDEAL's loop, each labelled once"),
     # The literature's baselines as DIP-KD trains its students: every image labelled, then 100
     # epochs at a constant lr 0.01 with random shifts (their appendix; here the 100 epochs follow
     # IDEAL's loop of B images an epoch, and the student sees 28x28 images, not 32x32)
@@ -112,6 +88,11 @@ METHODS = {
                        per_budget=True, about="DIP-KD's Synthesis phase alone: image priors labelled once, "
                                               "then DIP-KD's 100 epochs"),
 }
+# Every registered synthesizer is a method under its own name, in IDEAL's loop with the
+# paper's settings, unless a method above has that name or is exactly that (ideal_paper is "ideal").
+for _name, _cls in SYNTHESIZERS.items():
+    if _name not in METHODS and not any(m.flags == (f"--method={_name}",) for m in METHODS.values()):
+        METHODS[_name] = Method("ideal.py", (f"--method={_name}",), about=(_cls.__doc__ or _name).split(".")[0].strip())
 DEFAULT_METHODS = ("ideal_cpu", "ideal_cpu_warm", "noise", "random_generator", "ideal_paper", "dfme")
 BUDGETS = {"mnist": (5000, 10000, 25000), "fmnist": (5000, 10000, 25000, 50000)}
 
@@ -129,7 +110,7 @@ class Teacher:
 
 
 TEACHERS = {
-    # the README's recipe (SGD, one-cycle): 3 epochs reach 99.2% on MNIST (the quickstart's teacher)
+    # the README's recipe (SGD, one-cycle), the quickstart's teacher
     "main": Teacher("{dataset}_{net}.pt", ("pretrain.py", "--net={net}"), {"mnist": 3, "fmnist": 10},
                     about="--net, the README's recipe (SGD with a one-cycle schedule, seed 2021)"),
     # the reference's recipe: constant lr 0.1, no weight decay, and another seed
@@ -143,7 +124,7 @@ TEACHERS = {
 }
 # flags whose effect depends on the run's length: with them a run stopped early
 # is not the run at a smaller budget
-BUDGET_DEPENDENT = {"--lr_schedule", "--distill_epochs", "--epochs"}
+BUDGET_DEPENDENT = {"--distill_epochs", "--epochs", "--relabel_every_epoch"}
 RUN_KIND = {"ideal.py": "ideal", "dfme.py": "dfme"}  # the run folder kind each script uses
 
 
@@ -243,11 +224,19 @@ def command(args, job, device):
            f"--device={device}", f"--teacher_ckpt={teacher_path(args, job.teacher, job.dataset)}",
            *TEACHERS[job.teacher].flags, *method.flags]
     if method.script == "ideal.py":
-        cmd += [f"--epochs={math.ceil(job.budget / args.batch_size)}", f"--batch_size={args.batch_size}"]
+        cmd += [f"--epochs={epochs_for(job.budget, args.batch_size, method.relabel)}", f"--batch_size={args.batch_size}"]
     cmd += args.job_flags.split()
     if os.path.isfile(os.path.join(run_dir(args, job), "last.pt")):
         cmd.append("--resume")
     return cmd
+
+
+def epochs_for(budget, batch_size, relabel=False):
+    """Generation epochs that spend the budget: one batch an epoch, or (relabel)
+    the first E whose cumulative B*E*(E+1)/2 queries reach it."""
+    if not relabel:
+        return math.ceil(budget / batch_size)
+    return math.ceil((math.sqrt(1 + 8 * budget / batch_size) - 1) / 2)
 
 
 def ensure_teachers(args):
@@ -293,25 +282,11 @@ def run_job(args, job, device):
             return job, None
         if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "last.pt")):
             shutil.rmtree(folder)  # died before its first checkpoint: nothing to resume
-        start_from_base(args, job, folder)
         log = os.path.join(args.save_dir, "logs", f"{job.name}.log")
         with open(log, "a") as out:
             rc = subprocess.run(command(args, job, device), stdout=out, stderr=subprocess.STDOUT,
                                 env=job_env(args, device), cwd=ROOT).returncode
     return job, None if rc == 0 else f"exit {rc}, see {log}"
-
-
-def start_from_base(args, job, folder):
-    """A job of an `extends` method starts from a copy of its base method's
-    finished run, when that run spent exactly this job's budget; ideal.py then
-    resumes the copy into the anneal (see into_anneal there)."""
-    base = METHODS[job.method].extends
-    if not base or os.path.isdir(folder):
-        return
-    base_folder = run_dir(args, Job(base, job.dataset, job.seed, job.budget))
-    summary = run_summary(base_folder, unfinished=False)
-    if summary is not None and summary.get("query_budget") == job.budget:
-        shutil.copytree(base_folder, folder, ignore=shutil.ignore_patterns("summary.json"))
 
 
 def is_done(folder):

@@ -23,15 +23,10 @@ class DatasetSpec:
     flip_safe and shift_safe say which augmentations keep the teacher's answer:
     a label asked once, for the un-augmented image, stays true only under
     those. What counts is the teacher's answer, not the class: a grey 28x28
-    teacher is trained without flips (pretrain.py), and on Fashion-MNIST its
-    answer changes for 28% of the mirrored real test images and for 48-49% of
-    the mirrored synthetic images of a run's pool, although clothes are
-    mirror-symmetric (LeNet teacher 92.05%, CPU preset, 10,000-image pools;
-    student on held-out training images after 6,000 queries: 56.7% with flip,
-    69.6% without). Digits are not mirror-safe either. Shifting is not safe on
-    28x28 grey data: synthetic images fill the frame, and a 4 px shift changes
-    the teacher's answer. Measured on MNIST (LeNet, B=250, g_steps=10, ngf=32):
-    crop 25.8% student accuracy after 13 epochs, none 38.6%."""
+    teacher is trained without flips (pretrain.py), so a mirrored image can get
+    another answer even where the class is mirror-symmetric (clothes); and
+    synthetic images fill the frame, so a shift can change the answer too.
+    The measurements behind each choice are in docs/USAGE.md and docs/RESULTS.md."""
     name: str
     channels: int
     size: int

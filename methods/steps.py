@@ -5,7 +5,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from utils.losses import distill_loss, mixup_loss
+from utils.losses import distill_loss
 from utils.pool import to_float, to_uint8, top1
 
 PHASES = ("generate", "label", "distill", "test")
@@ -36,46 +36,37 @@ def label_once(teacher, x: torch.Tensor):
     return images, teacher(to_float(images))
 
 
-def train_step(student, optimizer, x, answers, autocast=nullcontext, mixup=0.0, smoothing=0.0):
+def student_optimizer(student, lr: float, momentum: float, weight_decay: float):
+    """The reference's SGD at a constant rate (no schedule)."""
+    return torch.optim.SGD(student.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def train_step(student, optimizer, x, answers, autocast=nullcontext):
     """One SGD step on (x, answers), the forward pass and loss under
     `autocast()` (see utils.run.amp_autocast); returns (summed loss, number of
-    agreements). mixup=alpha > 0 (a lever, not the paper): the batch is mixed
-    with a shuffled copy of itself, lam ~ Beta(alpha, alpha), and so are the
-    answers' losses; agreement is then counted against the unmixed answers.
-    smoothing: label smoothing of the answers (see utils.losses.distill_loss)."""
-    order = None
-    if mixup > 0:
-        lam = torch.distributions.Beta(mixup, mixup).sample().item()
-        order = torch.randperm(len(x), device=x.device)
-        x = lam * x + (1 - lam) * x[order]
+    agreements with the answers' top class)."""
     with autocast():
         logits = student(x)
-        loss = (distill_loss(logits, answers, smoothing) if order is None
-                else mixup_loss(logits, answers, lam, order, smoothing))
+        loss = distill_loss(logits, answers)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.item() * len(x), (logits.argmax(1) == top1(answers)).sum().item()
 
 
-def distill(student, optimizer, pool, augment, batch_size, on_step=None, autocast=nullcontext, mixup=0.0,
-            smoothing=0.0):
-    """IDEAL step 3: one shuffled pass over the pool on its cached answers;
-    `on_step()` is called after every SGD step (a weight average's update);
-    the student's forward passes run under `autocast()`; mixup, smoothing: see train_step.
-    Returns (mean loss, % agreement of the student with those answers)."""
+def distill(student, optimizer, pool, augment, batch_size, autocast=nullcontext):
+    """IDEAL step 3: one shuffled pass over the pool on its cached answers,
+    the student's forward passes under `autocast()`. Returns (mean loss,
+    % agreement of the student with those answers)."""
     student.train()
     loss_sum, agree, seen = 0.0, 0, 0
     for images, answers in pool.batches(batch_size):
-        loss, hits = train_step(student, optimizer, augment(to_float(images)), answers, autocast, mixup, smoothing)
-        if on_step is not None:
-            on_step()
+        loss, hits = train_step(student, optimizer, augment(to_float(images)), answers, autocast)
         loss_sum, agree, seen = loss_sum + loss, agree + hits, seen + len(images)
     return loss_sum / max(seen, 1), 100.0 * agree / max(seen, 1)
 
 
-def distill_relabel(student, optimizer, pool, augment, batch_size, teacher, on_step=None,
-                    autocast=nullcontext, smoothing=0.0):
+def distill_relabel(student, optimizer, pool, augment, batch_size, teacher, autocast=nullcontext):
     """The reference code's step 3: the same pass, but every augmented batch is
     asked of the teacher again (the pool holds no answers), until the budget
     runs out. Returns (mean loss, % agreement)."""
@@ -85,9 +76,7 @@ def distill_relabel(student, optimizer, pool, augment, batch_size, teacher, on_s
         x = augment(to_float(images))[:max(0, int(min(len(images), teacher.remaining)))]
         if len(x) == 0:
             break
-        loss, hits = train_step(student, optimizer, x, teacher(x), autocast, smoothing=smoothing)
-        if on_step is not None:
-            on_step()
+        loss, hits = train_step(student, optimizer, x, teacher(x), autocast)
         loss_sum, agree, seen = loss_sum + loss, agree + hits, seen + len(x)
     return loss_sum / max(seen, 1), 100.0 * agree / max(seen, 1)
 

@@ -12,6 +12,7 @@ generator losses as {"loss", "ce", "info"} or None).
   pixels of a batch of image priors, trained against the student from there.
 - MixedSynthesizer: one batch made of the batches of several synthesizers.
 """
+import inspect
 import math
 from contextlib import nullcontext
 
@@ -19,12 +20,24 @@ import torch
 
 from methods.priors import PriorSynthesizer
 from methods.steps import frozen
-from models import init_generator_
+from models import Generator, init_generator_
 from utils.augment import build_augment
-from utils.losses import class_targets, generator_loss
-from utils.run import UserError
+from utils.losses import balanced_targets, generator_loss
+from utils.run import UserError, to_device
+
+SYNTHESIZERS = {}  # name -> class, filled by @register; ideal.py --method and compare.py read it
 
 
+def register(name: str):
+    """Class decorator: make the synthesizer `--method=NAME` of ideal.py and a method of compare.py."""
+    def add(cls):
+        SYNTHESIZERS[name] = cls
+        return cls
+    return add
+
+
+
+@register("ideal")
 class IdealSynthesizer:
     """A freshly initialised generator, trained for g_steps Adam steps so that
     the frozen student assigns its images to balanced targets with high
@@ -33,19 +46,13 @@ class IdealSynthesizer:
 
     warm=True (a lever, not the paper): the generator and its Adam state are
     initialised once and carried from batch to batch, each batch drawing a
-    fresh z. A fresh generator needs many steps to reach the sharpening
-    student's targets (the CPU preset's CE climbs from 2.3 to 8.7); a warm one
-    starts near them.
+    fresh z. A fresh generator needs many steps to reach the targets of a
+    student that grows sharper every epoch; a warm one starts near them.
 
     candidates=k > 1 (a lever, not the paper): the generator is trained on
     k*B images and only the B that the student is least sure of are returned
     (see least_sure), so the teacher is paid for the most informative ones.
-    k multiplies the generator's cost, never the queries.
-
-    target_weights (a lever, not the paper; set before each synthesize):
-    None gives the paper's balanced targets; a (classes,) vector summing to 1
-    gives class c that share of the targets (see utils.losses.class_targets),
-    and of the candidates kept."""
+    k multiplies the generator's cost, never the queries."""
 
     def __init__(self, generator, nz: int, batch_size: int, classes: int, g_steps: int = 30,
                  lr_g: float = 1e-3, lambda_info: float = 5.0, augment: str = "crop+flip",
@@ -53,14 +60,13 @@ class IdealSynthesizer:
         self.generator, self.nz, self.batch_size, self.classes = generator, nz, batch_size, classes
         self.g_steps, self.lr_g, self.lambda_info, self.autocast = g_steps, lr_g, lambda_info, autocast
         self.warm, self.optimizer, self.candidates = warm, None, candidates
-        self.target_weights = None
         # no labels are involved here, so the spec's crop+flip is safe on every dataset
         self.augment = build_augment(augment)
 
     def new_optimizer(self):
         """A new Adam for the generator (draws no random numbers)."""
         device = next(self.generator.parameters()).device
-        # fused: one kernel for all parameters, 3x cheaper than the per-tensor loop on the CPU
+        # fused: one kernel for all parameters instead of a loop over them (docs/PERFORMANCE.md)
         return torch.optim.Adam(self.generator.parameters(), lr=self.lr_g, betas=(0.5, 0.999),
                                 fused=device.type in ("cpu", "cuda"))
 
@@ -72,7 +78,7 @@ class IdealSynthesizer:
         optimizer = self.optimizer
         self.generator.train()
         z = torch.randn(self.batch_size * self.candidates, self.nz, device=device)
-        targets = class_targets(len(z), self.classes, self.target_weights, device)
+        targets = balanced_targets(len(z), self.classes, device)
         best_loss, best = math.inf, None
         with frozen(student):
             for _ in range(self.g_steps):
@@ -91,7 +97,7 @@ class IdealSynthesizer:
         x, ce, info = best
         if self.candidates > 1:
             with self.autocast():
-                x = x[least_sure(student, x, targets, self.batch_size, self.classes, self.target_weights)]
+                x = x[least_sure(student, x, targets, self.batch_size, self.classes)]
         return x, {"loss": best_loss, "ce": ce, "info": info}
 
     def state_dict(self):
@@ -110,16 +116,15 @@ class IdealSynthesizer:
 
 
 @torch.no_grad()
-def least_sure(student, x: torch.Tensor, targets: torch.Tensor, keep: int, classes: int,
-               weights=None) -> torch.Tensor:
+def least_sure(student, x: torch.Tensor, targets: torch.Tensor, keep: int, classes: int) -> torch.Tensor:
     """Indices (ascending) of `keep` images of x: per generator target class,
-    as many as class_targets(keep, classes, weights) gives it, the ones whose frozen-student
+    as many as balanced_targets(keep, classes) gives it, the ones whose frozen-student
     prediction has the highest entropy. Balanced, so that uncertainty cannot
     empty a class out of the pool."""
     with frozen(student):
         probs = student(x).float().softmax(1)
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
-    quota = torch.bincount(class_targets(keep, classes, weights), minlength=classes).tolist()
+    quota = torch.bincount(balanced_targets(keep, classes), minlength=classes).tolist()
     chosen = []
     for c in range(classes):  # one step per class, not per sample
         members = torch.nonzero(targets == c).squeeze(1)
@@ -137,6 +142,7 @@ class Stateless:
         pass
 
 
+@register("random_generator")
 class RandomGeneratorSynthesizer(Stateless):
     """The IDEAL generator, freshly initialised every batch and never trained:
     one forward pass (BatchNorm in train mode, as in IDEAL's first step),
@@ -154,6 +160,7 @@ class RandomGeneratorSynthesizer(Stateless):
         return x.float(), None
 
 
+@register("noise")
 class NoiseSynthesizer(Stateless):
     """Images of i.i.d. uniform pixels in [0, 1]."""
 
@@ -164,22 +171,24 @@ class NoiseSynthesizer(Stateless):
         return torch.rand(self.batch_size, *self.shape, device=self.device), None
 
 
+@register("prior_pixels")
 class PriorPixelSynthesizer(Stateless):
     """IDEAL's generator step, started from the prior: the batch's pixels
-    (as logits, so they stay in [0, 1]) begin as image priors and take g_steps
-    Adam steps on IDEAL's loss against the frozen student; the batch of the
-    lowest-loss step is returned, as in IdealSynthesizer. No teacher query."""
+    (as logits, so they stay in [0, 1]) begin as DIP-KD image priors and take
+    g_steps Adam steps (rate lr_g) on IDEAL's loss against the frozen student;
+    the batch of the lowest-loss step is returned, as in IdealSynthesizer."""
 
-    def __init__(self, prior, classes: int, g_steps: int = 10, lr: float = 0.1, lambda_info: float = 5.0,
-                 augment: str = "crop+flip", autocast=nullcontext):
-        self.prior, self.classes, self.g_steps, self.lr = prior, classes, g_steps, lr
-        self.lambda_info, self.autocast, self.augment = lambda_info, autocast, build_augment(augment)
+    def __init__(self, batch_size: int, shape: tuple, classes: int, device, g_steps: int = 10, lr_g: float = 0.1,
+                 lambda_info: float = 5.0, augment: str = "crop+flip", autocast=nullcontext):
+        self.prior = PriorSynthesizer(batch_size, shape, device)
+        self.classes, self.g_steps, self.lr, self.lambda_info = classes, g_steps, lr_g, lambda_info
+        self.autocast, self.augment = autocast, build_augment(augment)
 
     def synthesize(self, student):
         x0 = self.prior.sample(self.prior.batch_size)
         logits = torch.logit(x0.clamp(1e-3, 1 - 1e-3)).requires_grad_(True)
         optimizer = torch.optim.Adam([logits], lr=self.lr, betas=(0.5, 0.999))
-        targets = class_targets(len(x0), self.classes, device=x0.device)
+        targets = balanced_targets(len(x0), self.classes, x0.device)
         best_loss, best = math.inf, None
         with frozen(student):
             for _ in range(self.g_steps):
@@ -216,5 +225,21 @@ class MixedSynthesizer:
             part.load_state_dict(saved)
 
 
-SYNTHESIZERS = {"ideal": IdealSynthesizer, "random_generator": RandomGeneratorSynthesizer,
-                "noise": NoiseSynthesizer, "prior": PriorSynthesizer, "prior_pixels": PriorPixelSynthesizer}
+register("prior")(PriorSynthesizer)  # defined in methods/priors.py, which knows no registry
+
+
+def build_synthesizer(name: str, shape: tuple, classes: int, device, prior_share: float = 0.0, **settings):
+    """The synthesizer registered as `name`, given the constructor arguments it
+    names: shape (C, H, W), classes, device, a fresh Generator(nz, ngf) if it
+    takes one, and any of `settings` (batch_size, nz, g_steps, lr_g, ...).
+    prior_share: that share of every batch is image priors instead."""
+    if name not in SYNTHESIZERS:
+        raise UserError(f"unknown method '{name}'; known: {', '.join(sorted(SYNTHESIZERS))}")
+    n_prior = round(settings["batch_size"] * prior_share)
+    given = {**settings, "batch_size": settings["batch_size"] - n_prior, "shape": shape, "classes": classes,
+             "device": device}
+    wanted = inspect.signature(SYNTHESIZERS[name]).parameters
+    if "generator" in wanted:  # built only where used: its initialisation draws random numbers
+        given["generator"] = to_device(Generator(settings["nz"], settings["ngf"], shape[0], shape[1]), device)
+    made = SYNTHESIZERS[name](**{key: value for key, value in given.items() if key in wanted})
+    return MixedSynthesizer(made, PriorSynthesizer(n_prior, shape, device)) if n_prior else made

@@ -174,7 +174,7 @@ def test_dfme_resume_matches_uninterrupted_run(workspace, monkeypatch):
 
 def test_dfme_resume_refuses_other_settings(workspace):
     run_dfme(workspace, "--query_budget=50", "--exp_name=short")
-    with pytest.raises(UserError, match="--query_budget 50 -> 100"):
+    with pytest.raises(UserError, match="this run has --query_budget=50, the command line says --query_budget=100"):
         run_dfme(workspace, "--query_budget=100", "--exp_name=short", "--resume")
 
 

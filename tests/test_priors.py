@@ -89,10 +89,9 @@ def test_prior_methods_make_one_query_per_stored_image(workspace, flags):  # noq
     assert pool["images"].shape[0] == pool["answers"].shape[0] == 25
 
 
-def test_prior_share_splits_the_batch(workspace, monkeypatch):  # noqa: F811
-    args = ideal.parse_args(["--method=ideal", "--prior_share=0.3", "--batch_size=10", "--nz=8", "--ngf=4",
-                             f"--save_dir={workspace['save_dir']}"])
-    synthesizer = ideal.build_synthesizer(args, ideal.get_spec("mnist"), torch.device("cpu"), torch.no_grad)
+def test_prior_share_splits_the_batch():
+    from methods.synthesizers import build_synthesizer
+    synthesizer = build_synthesizer("ideal", (1, 28, 28), 10, "cpu", prior_share=0.3, batch_size=10, nz=8, ngf=4)
     ideal_part, prior_part = synthesizer.parts
     assert (ideal_part.batch_size, prior_part.batch_size) == (7, 3)
 

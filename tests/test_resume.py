@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import ideal
+import utils.experiment as experiment
 from test_scripts import ROOT, run_ideal, workspace  # noqa: F401 (workspace is a fixture)
 from utils.blackbox import BlackBoxTeacher
 from utils.resume import refuse_changes
@@ -74,15 +75,16 @@ KILL_POINTS = {
     "labelled batch saved": ("ideal", "save_labelled", True, None, 2),
     "distilling": ("ideal", "distill", False, None, 2),
     "testing": ("ideal", "evaluate", False, None, 2),
-    "between best.pt and last.pt": ("ideal", "save_checkpoint", False, saving_last(1), 1),
-    "after last.pt": ("ideal", "save_checkpoint", True, saving_last(2), 1),
+    "between best.pt and last.pt": ("experiment", "save_checkpoint", False, saving_last(1), 1),
+    "after last.pt": ("experiment", "save_checkpoint", True, saving_last(2), 1),
 }
 
 
 def kill(monkeypatch, point, call=None):
     from methods import IdealSynthesizer
     owner, name, after, match, default_call = KILL_POINTS[point]
-    owner = {"IdealSynthesizer": IdealSynthesizer, "BlackBoxTeacher": BlackBoxTeacher, "ideal": ideal}[owner]
+    owner = {"IdealSynthesizer": IdealSynthesizer, "BlackBoxTeacher": BlackBoxTeacher, "ideal": ideal,
+             "experiment": experiment}[owner]
     kill_on(monkeypatch, owner, name, call or default_call, after, match)
 
 
@@ -150,6 +152,7 @@ import os, signal, sys
 import torch
 sys.path.insert(0, {root!r})
 import ideal
+import utils.experiment as experiment
 real_save = torch.save
 
 def save(obj, f, *args, **kwargs):  # SIGKILL half-way through writing last.pt of epoch 2
@@ -186,10 +189,10 @@ def test_sigkill_while_writing_then_resume(workspace, straight, tmp_path):  # no
 CHANGED = {"dataset": "fmnist", "net": "mlp", "student_net": "mlp", "method": "noise", "bb_mode": "soft",
            "batch_size": 20, "pool_batches": 5, "seed": 1, "nz": 16, "ngf": 8, "g_steps": 3, "lr": 0.02,
            "lr_g": 0.002, "momentum": 0.5, "weight_decay": 0.001, "lambda_info": 1.0,
-           "relabel_every_epoch": True, "distill_aug": "flip", "lr_schedule": "cosine", "ema_decay": 0.9,
+           "relabel_every_epoch": True, "distill_aug": "flip",
            "warm_generator": True, "amp": True, "teacher_ckpt": "another_teacher.pt",
            "teacher_url": "http://127.0.0.1:9", "eval_split": "val", "candidates": 3,
-           "mixup": 0.2, "distill_passes": 2, "rebalance_targets": 0.5, "label_smoothing": 0.1}
+           "prior_share": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -269,55 +272,6 @@ def test_best_acc_agrees_with_best_pt_after_a_kill(workspace):  # noqa: F811
     save_checkpoint({**load_checkpoint(path, "cpu"), "epoch": 2, "test_acc": 55.0}, path)  # the killed epoch 2
     summary, _ = run_ideal(workspace, "--epochs=2", exp_name("best"), "--resume")
     assert summary["best_acc"] == load_checkpoint(path, "cpu")["test_acc"] == 55.0
-
-
-def test_schedule_and_average_survive_a_kill(workspace, monkeypatch):  # noqa: F811
-    """A cosine schedule and a weight average resume where they stopped: a run
-    killed while distilling epoch 2, then resumed, equals an uninterrupted one."""
-    flags = ("--epochs=3", "--lr_schedule=cosine", "--ema_decay=0.5")
-    straight, straight_dir = run_ideal(workspace, *flags, "--exp_name=cosine_straight")
-    with monkeypatch.context() as patch:
-        kill(patch, "distilling")
-        with pytest.raises(Killed):
-            run_ideal(workspace, *flags, "--exp_name=cosine_killed")
-    resumed, run_dir = run_ideal(workspace, *flags, "--exp_name=cosine_killed", "--resume")
-    assert resumed["final_acc"] == straight["final_acc"] and resumed["queries"] == straight["queries"]
-    a = load_checkpoint(os.path.join(straight_dir, "last.pt"), "cpu")
-    b = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")
-    for part in ("student", "ema"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), (part, key)
-    assert a["scheduler"] == b["scheduler"]
-    with pytest.raises(UserError, match="laid out over the run's original length"):
-        run_ideal(workspace, "--epochs=4", *flags[1:], "--exp_name=cosine_killed", "--resume")
-
-
-def test_a_finished_constant_run_resumes_into_an_anneal(workspace):  # noqa: F811
-    """The anneal's generation epochs are the constant run's, so extending a
-    finished constant run by an anneal equals an anneal run from the start,
-    and asks the teacher nothing more."""
-    straight, straight_dir = run_ideal(workspace, "--epochs=2", "--lr_schedule=anneal", "--distill_epochs=2",
-                                       "--exp_name=anneal_straight")
-    first, run_dir = run_ideal(workspace, "--epochs=2", "--exp_name=anneal_later")
-    later, _ = run_ideal(workspace, "--epochs=2", "--lr_schedule=anneal", "--distill_epochs=2",
-                         "--exp_name=anneal_later", "--resume")
-    assert later["queries"] == first["queries"] == straight["queries"] == 20
-    assert later["final_acc"] == straight["final_acc"] and later["epochs_run"] == 4
-    a = load_checkpoint(os.path.join(straight_dir, "last.pt"), "cpu")
-    b = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")
-    assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
-    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
-    with pytest.raises(UserError, match="this run has --lr_schedule=anneal"):  # no way back once it is one
-        run_ideal(workspace, "--epochs=2", "--distill_epochs=2", "--exp_name=anneal_later", "--resume")
-
-
-def test_anneal_is_refused_once_constant_distill_epochs_have_run(workspace):  # noqa: F811
-    run_ideal(workspace, "--epochs=2", "--distill_epochs=1", "--exp_name=anneal_too_late")
-    with pytest.raises(UserError, match="this run has --lr_schedule=constant"):
-        run_ideal(workspace, "--epochs=2", "--distill_epochs=2", "--lr_schedule=anneal",
-                  "--exp_name=anneal_too_late", "--resume")
-    with pytest.raises(UserError, match="--distill_epochs=N, N >= 1"):
-        ideal.parse_args(["--lr_schedule=anneal"])
 
 
 @pytest.mark.parametrize("point", ["generating", "labelled batch saved", "distilling", "testing"])

@@ -293,44 +293,6 @@ def test_candidates_pay_only_for_the_batch(workspace, monkeypatch):
     assert load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]["images"].shape[0] == 20
 
 
-def test_distill_passes_train_more_and_ask_nothing(workspace, monkeypatch):
-    """--distill_passes=3: three shuffled passes over the pool each epoch, so
-    3 * (10 + 20) / 10 = 9 SGD steps in two epochs; still one query per sample."""
-    steps = []
-    real_step = torch.optim.SGD.step
-    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))
-    summary, _ = run_ideal(workspace, "--epochs=2", "--distill_passes=3", "--exp_name=passes")
-    assert len(steps) == 9
-    assert summary["queries"] == summary["samples"] == 20 and summary["distill_passes"] == 3
-
-
-def test_rebalance_targets_favours_the_classes_the_teacher_names_least(workspace, monkeypatch):
-    """--rebalance_targets=1: the generator's targets in epoch 2 follow the
-    inverse of how often the teacher named each class in epoch 1 (smoothed by
-    B/classes); still one query per sample, and the flag is in the summary."""
-    import methods.synthesizers as synthesizers
-    from utils.losses import class_targets
-    used = []  # the targets the generator was trained on, one entry per step
-    real = synthesizers.generator_loss
-    monkeypatch.setattr(synthesizers, "generator_loss", lambda logits, targets, lam: used.append(targets) or
-                        real(logits, targets, lam))
-    summary, run_dir = run_ideal(workspace, "--epochs=2", "--rebalance_targets=1", "--exp_name=rebalance")
-    assert summary["queries"] == summary["samples"] == 20 and summary["rebalance_targets"] == 1
-    first = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]["answers"][:10]
-    expected = 1.0 / (torch.bincount(first, minlength=10).double() + 1.0)  # B/classes = 10/10
-    assert torch.equal(used[0], torch.arange(10))  # epoch 1, empty pool: the paper's balanced targets
-    assert torch.equal(used[-1], class_targets(10, 10, expected / expected.sum()))  # epoch 2
-
-
-def test_target_weights_read_soft_answers_by_their_top_class():
-    from utils.pool import SyntheticPool
-    pool = SyntheticPool(capacity=10)
-    pool.add(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]))
-    args = ideal.parse_args(["--rebalance_targets=1", "--batch_size=2"])
-    # class 0 named twice, class 1 once, smoothing 2/2 = 1: 1/3 and 1/2 -> 0.4, 0.6
-    assert torch.allclose(ideal.target_weights(pool, 2, args), torch.tensor([0.4, 0.6], dtype=torch.float64))
-
-
 @pytest.mark.parametrize("name", ["cpu", "best"])
 def test_every_preset_parses_and_flags_still_win(name):
     """Each configs/*.json names only real flags; one given on the command line wins."""
@@ -361,25 +323,6 @@ def test_a_bad_preset_is_refused_in_one_line(tmp_path, monkeypatch, preset, erro
     monkeypatch.setattr(ideal, "CONFIG_DIR", str(tmp_path))
     with pytest.raises(UserError, match=error):
         ideal.parse_args(["--preset=mine", "--dataset=fmnist"])
-
-
-@pytest.mark.parametrize("relabel", [False, True])
-def test_label_smoothing_reaches_every_distillation_step(workspace, monkeypatch, relabel):
-    from methods import steps
-    seen, real_loss = [], steps.distill_loss
-    monkeypatch.setattr(steps, "distill_loss", lambda logits, answers, eps: seen.append(eps) or
-                        real_loss(logits, answers, eps))
-    mode = ("--relabel_every_epoch", "--query_budget=60") if relabel else ()
-    summary, _ = run_ideal(workspace, "--epochs=2", "--label_smoothing=0.1", f"--exp_name=smooth{relabel}", *mode)
-    assert seen and set(seen) == {0.1} and summary["label_smoothing"] == 0.1
-    assert summary["queries"] == (30 if relabel else 20)  # relabel: each pass asks the whole pool, 10 then 20
-    with pytest.raises(UserError, match="must be in"):
-        ideal.parse_args(ideal_argv(workspace, "--label_smoothing=1"))
-
-
-def test_mixup_costs_no_query(workspace):
-    summary, _ = run_ideal(workspace, "--epochs=2", "--mixup=0.4", "--exp_name=mixup")
-    assert summary["queries"] == summary["samples"] == 20 and summary["mixup"] == 0.4
 
 
 @pytest.mark.parametrize("relabel", [False, True])
@@ -477,16 +420,9 @@ def test_cli_errors_are_one_line(tmp_path):
     ("--ngf=-4", "--ngf must be at least 1"), ("--nz=0", "--nz must be at least 1"),
     ("--g_steps=0", "--g_steps must be at least 1"), ("--query_budget=-1", "--query_budget must be >= 0"),
     ("--distill_epochs=-1", "--distill_epochs must be >= 0"), ("--candidates=0", "--candidates must be at least 1"),
-    ("--method=noise --candidates=2", "--method=noise has none to shape"), ("--mixup=-1", "--mixup must be >= 0"),
-    ("--mixup=0.2 --relabel_every_epoch", "--relabel_every_epoch has none"),
-    ("--distill_passes=0", "--distill_passes must be at least 1"),
-    ("--distill_passes=2 --relabel_every_epoch", "--relabel_every_epoch would pay for every pass"),
+    ("--method=noise --candidates=2", "--method=noise has none to shape"),
     ("--method=random_generator --warm_generator", "--method=random_generator has none to shape"),
-    ("--rebalance_targets=-1", "--rebalance_targets must be a finite number >= 0"),
-    ("--rebalance_targets=nan", "--rebalance_targets must be a finite number >= 0"),
-    ("--rebalance_targets=inf", "--rebalance_targets must be a finite number >= 0"),
-    ("--method=noise --rebalance_targets=1", "needs --method=ideal"),
-    ("--rebalance_targets=1 --relabel_every_epoch", "without --relabel_every_epoch")])
+    ("--prior_share=1", "--prior_share must be in [0, 1)"), ("--prior_share=nan", "--prior_share must be in [0, 1)")])
 def test_ideal_refuses_impossible_flags(flag, message):
     with pytest.raises(UserError, match=message):
         ideal.parse_args(flag.split())
@@ -533,11 +469,11 @@ def load_script(path):
 
 
 def test_query_sweep_epochs_spend_the_budget():
-    queries = load_script("benchmarks/queries.py")
-    assert queries.epochs_for(5000, 250, relabel=False) == 20
-    assert queries.epochs_for(5001, 250, relabel=False) == 21
+    compare = load_script("benchmarks/compare.py")
+    assert compare.epochs_for(5000, 250, relabel=False) == 20
+    assert compare.epochs_for(5001, 250, relabel=False) == 21
     for budget in (5000, 10000, 25000, 250, 251):
-        e = queries.epochs_for(budget, 250, relabel=True)
+        e = compare.epochs_for(budget, 250, relabel=True)
         assert 250 * e * (e + 1) // 2 >= budget > 250 * (e - 1) * e // 2
 
 

@@ -13,15 +13,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from methods import IdealSynthesizer, NoiseSynthesizer, RandomGeneratorSynthesizer, distill, distill_relabel
-from methods.student import Learner, anneal_factor
 from models import Generator, build_model, init_generator_
 from utils import run
 from datasets import get_spec
 from utils.augment import build_augment, random_crop, random_flip, reference_augment
 from utils.blackbox import BlackBoxTeacher, QueryBudgetExceeded
 from utils.evaluation import evaluate
-from utils.losses import (balanced_targets, class_targets, distill_loss, generator_loss, info_loss, mixup_loss,
-                          rebalanced_weights)
+from utils.losses import balanced_targets, distill_loss, generator_loss, info_loss
 from utils.pool import SyntheticPool, to_float, to_uint8
 
 
@@ -98,60 +96,6 @@ def test_distill_loss_soft_on_own_softmax_is_entropy():
     assert torch.allclose(distill_loss(logits, p), entropy, atol=1e-6)
 
 
-def test_mixup_loss_is_the_loss_on_mixed_targets_by_hand():
-    """Two samples, 2 classes, lam 0.75, swapped: sample 0's target is
-    0.75 * one_hot(0) + 0.25 * one_hot(1), and so on; checked against
-    -sum(target * log_softmax) written out with numbers."""
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    targets, order = torch.tensor([0, 1]), torch.tensor([1, 0])
-    log_p = logits.log_softmax(1)
-    by_hand = -(0.75 * log_p[0, 0] + 0.25 * log_p[0, 1] + 0.75 * log_p[1, 1] + 0.25 * log_p[1, 0]) / 2
-    assert torch.allclose(mixup_loss(logits, targets, 0.75, order), by_hand)
-    assert math.isclose(by_hand.item(), (0.75 * (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1)))
-                                         + 0.25 * (math.log(1 + math.exp(2)) + math.log(1 + math.exp(1)))) / 2,
-                        rel_tol=1e-6)
-    soft = F.one_hot(targets, 2).float()
-    assert torch.allclose(mixup_loss(logits, soft, 0.75, order), by_hand)  # probabilities mix the same way
-    assert torch.allclose(mixup_loss(logits, targets, 1.0, order), distill_loss(logits, targets))
-
-
-def test_label_smoothing_by_hand():
-    """logits (ln 3, 0): p = (0.75, 0.25). Hard answer 0 with eps 0.2 is the
-    target (0.9, 0.1); a soft answer (0.5, 0.5) stays (0.5, 0.5)."""
-    logits = torch.tensor([[math.log(3.0), 0.0]])
-    hard = distill_loss(logits, torch.tensor([0]), smoothing=0.2)
-    assert hard.item() == pytest.approx(-(0.9 * math.log(0.75) + 0.1 * math.log(0.25)), rel=1e-6)  # 0.39754
-    soft = distill_loss(logits, torch.tensor([[0.8, 0.2]]), smoothing=0.2)  # -> (0.74, 0.26)
-    assert soft.item() == pytest.approx(-(0.74 * math.log(0.75) + 0.26 * math.log(0.25)), rel=1e-6)
-    one_hot = distill_loss(logits, torch.tensor([[1.0, 0.0]]), smoothing=0.2)
-    assert one_hot.item() == pytest.approx(hard.item(), rel=1e-6)  # hard and soft answers smooth alike
-    # mixup smooths the mixed target: logits (ln 3, 0), answers 0 and 1 mixed 0.75 / 0.25 give (0.75, 0.25),
-    # smoothed by 0.2 to (0.7, 0.3)
-    mixed = mixup_loss(logits.repeat(2, 1), torch.tensor([0, 1]), 0.75, torch.tensor([1, 0]), smoothing=0.2)
-    first = -(0.7 * math.log(0.75) + 0.3 * math.log(0.25))
-    second = -(0.3 * math.log(0.75) + 0.7 * math.log(0.25))  # the other sample: (0.25, 0.75) -> (0.3, 0.7)
-    assert mixed.item() == pytest.approx((first + second) / 2, rel=1e-6)
-
-
-def test_distill_with_mixup_trains_on_mixed_images():
-    """alpha > 0: the student sees lam * x + (1 - lam) * x[order], with lam and
-    order drawn from torch's generator after the pool's shuffle (replayed here)."""
-    pool = SyntheticPool(100)
-    pool.add(to_uint8(torch.rand(8, 1, 8, 8)), torch.arange(8) % 5)
-    student, seen = tiny_net(), []
-    student.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
-    torch.manual_seed(1)
-    x = to_float(pool.images[torch.randperm(8)])
-    lam = torch.distributions.Beta(1.0, 1.0).sample().item()
-    expected = lam * x + (1 - lam) * x[torch.randperm(8)]
-    torch.manual_seed(1)
-    loss, _ = distill(student, torch.optim.SGD(student.parameters(), lr=0.0), pool, build_augment("none"),
-                      batch_size=8, mixup=1.0)
-    assert math.isfinite(loss) and len(seen) == 1
-    assert 0.01 < lam < 0.99 and torch.allclose(seen[0], expected)
-    assert not torch.allclose(seen[0], x)
-
-
 @pytest.mark.parametrize("n, classes", [(25, 10), (250, 100), (250, 10), (7, 10)])
 def test_balanced_targets(n, classes):
     y = balanced_targets(n, classes)
@@ -159,39 +103,6 @@ def test_balanced_targets(n, classes):
     assert y.tolist() == [i % classes for i in range(n)]
     counts = torch.bincount(y, minlength=classes)
     assert counts.max() - counts.min() <= 1
-
-
-def test_class_targets_without_weights_are_the_balanced_ones():
-    assert torch.equal(class_targets(25, 10), balanced_targets(25, 10))
-
-
-def test_class_targets_follow_the_weights_by_largest_remainder():
-    # shares exact in binary; the one left over goes to the larger remainder, a tie to the
-    # lower class; the targets go round-robin, as balanced_targets' do
-    y = class_targets(4, 3, torch.tensor([0.375, 0.375, 0.25]))  # 1.5, 1.5, 1.0: a tie, to class 0
-    assert y.tolist() == [0, 1, 2, 0]
-    y = class_targets(10, 3, torch.tensor([0.5, 0.3, 0.2]))  # 5, 3, 2, no remainder
-    assert y.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 0, 0]
-
-
-def test_rebalanced_weights_by_hand():
-    counts = torch.tensor([0, 10, 30])
-    # (counts + 10) ** -1 = 1/10, 1/20, 1/40 -> 4/7, 2/7, 1/7
-    assert torch.allclose(rebalanced_weights(counts, 10, 1.0), torch.tensor([4, 2, 1], dtype=torch.float64) / 7)
-    # power 0/.5: uniform, and in between: 1/sqrt(10), 1/sqrt(20), 1/sqrt(40)
-    assert torch.allclose(rebalanced_weights(counts, 10, 0.0), torch.full((3,), 1 / 3, dtype=torch.float64))
-    half = torch.tensor([10, 20, 40], dtype=torch.float64) ** -0.5
-    assert torch.allclose(rebalanced_weights(counts, 10, 0.5), half / half.sum())
-    # a huge power puts all the weight on the rarest class instead of dividing 0 by 0
-    steep = rebalanced_weights(counts, 10, 1000.0)
-    assert torch.isfinite(steep).all() and steep[0] == 1.0 and steep[1:].max() < 1e-100
-
-
-def test_weighted_targets_steer_the_kept_candidates_too():
-    from methods.synthesizers import least_sure
-    x, targets = torch.zeros(8, 1, 2, 2), class_targets(8, 2, torch.tensor([0.75, 0.25]))
-    kept = least_sure(FirstPixels(2), x, targets, keep=4, classes=2, weights=torch.tensor([0.75, 0.25]))
-    assert torch.bincount(targets[kept], minlength=2).tolist() == [3, 1]
 
 
 # ---------------------------------------------------------------- black box
@@ -778,55 +689,6 @@ def test_unlabelled_pool_keeps_no_answers():
     assert all(answers is None for _, answers in pool.batches(8))
     with pytest.raises(ValueError):
         pool.add(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.zeros(1, dtype=torch.long))
-
-
-# ---------------------------------------------------------------- methods.student.Learner
-
-def test_cosine_schedule_decays_to_zero_over_the_run():
-    learner = Learner(tiny_net(classes=5, net="mlp"), lr=0.1, momentum=0.9, weight_decay=0, total_epochs=4,
-                      schedule="cosine")
-    lrs = []
-    for _ in range(4):
-        lrs.append(learner.lr)
-        learner.epoch_done()
-    # 0.1 * (1 + cos(pi * e / 4)) / 2 for e = 0..3, then 0 after the last epoch
-    assert lrs == pytest.approx([0.1, 0.0853553, 0.05, 0.0146447], rel=1e-5)
-    assert learner.lr == pytest.approx(0.0, abs=1e-12)
-    constant = Learner(tiny_net(classes=5, net="mlp"), 0.1, 0.9, 0, total_epochs=4)
-    constant.epoch_done()
-    assert constant.lr == 0.1 and constant.reported is constant.model
-
-
-def test_anneal_holds_the_rate_then_decays_over_the_last_epochs():
-    learner = Learner(tiny_net(classes=5, net="mlp"), lr=0.1, momentum=0.9, weight_decay=0, total_epochs=5,
-                      schedule="anneal", flat_epochs=2)
-    lrs = []
-    for _ in range(5):
-        lrs.append(learner.lr)
-        learner.epoch_done()
-    # flat for 2 epochs, then 0.1 * (1 + cos(pi * k / 3)) / 2 for k = 0, 1, 2, then 0
-    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.075, 0.025], rel=1e-6)
-    assert learner.lr == 0.0
-    assert anneal_factor(0, 0, 1) == 1.0 and anneal_factor(7, 3, 5) == 0.0
-    with pytest.raises(ValueError):
-        Learner(tiny_net(classes=5, net="mlp"), 0.1, 0.9, 0, total_epochs=2, schedule="anneal", flat_epochs=2)
-
-
-def test_weight_average_is_the_reported_model():
-    """First update copies the weights; each later one is d * average + (1 - d) * weights."""
-    model = tiny_net(classes=5, net="mlp")
-    learner = Learner(model, 0.1, 0.0, 0.0, total_epochs=1, ema_decay=0.75)
-    weight = next(model.parameters())
-    learner.step_done()
-    first = weight.detach().clone()
-    with torch.no_grad():
-        weight.add_(1.0)
-    learner.step_done()
-    averaged = next(learner.reported.parameters())
-    assert torch.allclose(averaged, 0.75 * first + 0.25 * (first + 1.0))
-    assert learner.reported is not model
-    with pytest.raises(ValueError):
-        Learner(model, 0.1, 0.0, 0.0, total_epochs=1, schedule="step")
 
 
 class FirstPixels(torch.nn.Module):

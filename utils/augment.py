@@ -16,8 +16,8 @@ def random_crop(x: torch.Tensor, padding: int = CROP_PADDING) -> torch.Tensor:
     """Per-sample random crop of the zero-padded batch back to the input size.
     x (N, C, H, W) -> (N, C, H, W). Differentiable in x.
 
-    One gather over flattened pixels: its backward is a scatter-add, 4x faster
-    on the CPU than the backward of 4-D advanced indexing (measured at B=250)."""
+    One gather over flattened pixels: its backward is a scatter-add, much
+    cheaper on the CPU than the backward of 4-D advanced indexing."""
     n, c, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
     width = w + 2 * padding

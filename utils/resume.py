@@ -23,18 +23,17 @@ QUERIES_FILE, LABELLED_FILE, RESUMES_FILE = "queries.json", "labelled.pt", "resu
 class JournaledTeacher:
     """A black box whose count is written to the run folder before each call.
     A kill during the call can then over-count the batch (if the teacher never
-    answered it), but never under-count it."""
+    answered it), but never under-count it. `start`: the count the run has
+    already paid (0 for a new run); setting it here is the only place the
+    count is ever set from outside the black box."""
 
-    def __init__(self, teacher, run_dir: str):
+    def __init__(self, teacher, run_dir: str, start: int = 0):
         self.teacher, self.path = teacher, os.path.join(run_dir, QUERIES_FILE)
+        teacher.queries = start
 
     @property
     def queries(self) -> int:
         return self.teacher.queries
-
-    @queries.setter
-    def queries(self, value: int) -> None:
-        self.teacher.queries = value
 
     @property
     def remaining(self) -> float:

@@ -56,9 +56,9 @@ def amp_autocast(device: torch.device, amp: bool):
 
 
 def to_device(module, device):
-    """Move a network to `device` in channels_last layout: measured on the 2-core
-    CPU, LeNet's forward runs 1.8x and IDEAL's generator step 1.3-1.7x faster;
-    on CUDA it is the layout tensor cores prefer. Results do not change."""
+    """Move a network to `device` in channels_last layout: faster for LeNet's
+    forward and IDEAL's generator step on the CPU, and the layout tensor cores
+    prefer on CUDA (docs/PERFORMANCE.md). Results do not change."""
     return module.to(device, memory_format=torch.channels_last)
 
 
