@@ -134,8 +134,8 @@ def parse_args(argv=None):
                    help="--backend=ray: the share of a GPU a job asks for (0.25: four jobs on one GPU); "
                         "above 0 the job runs on cuda")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch threads per CPU job (0: the cores shared out between CPU jobs). "
-                        "Results depend on the thread count")
+                   help="torch threads per CPU job (0: the cores shared out between CPU jobs; with Ray, "
+                        "--cpus_per_job). Results depend on the thread count")
     p.add_argument("--job_flags", default="", help="extra flags for every job (tests use tiny nets)")
     p.add_argument("--teacher_epochs", type=int, default=0, help="override TEACHER_EPOCHS (0: the table)")
     p.add_argument("--unfinished", action="store_true",

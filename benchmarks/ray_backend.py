@@ -28,8 +28,8 @@ def connected(address):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a sweep sends no usage report anywhere
     import ray
     ours = not ray.is_initialized()
-    if ours:
-        ray.init(address=address, include_dashboard=False)
+    if ours:  # "local": a new Ray even where `ray start` once ran here (its address file outlives it)
+        ray.init(address=address or "local", include_dashboard=False)
     try:
         yield ray
     finally:

@@ -241,12 +241,12 @@ def test_backend_flags_belong_to_their_backend(monkeypatch, tmp_path):
                   ["--backend=ray", "--devices=cpu,cpu"], ["--backend=ray", "--gpus_per_job=1.5"]):
         with pytest.raises(SystemExit):
             compare.parse_args(flags)
+    ray_backend = load_script("benchmarks/ray_backend.py")
     monkeypatch.setattr(compare.importlib.util, "find_spec", lambda name: None)  # as if Ray were not installed
     with pytest.raises(SystemExit):
         compare.parse_args(["--backend=ray"])
     args = compare.parse_args(["--backend=ray", "--report_only", "--cpus_per_job=3", "--save_dir=runs",
                                f"--data_dir={tmp_path}"])  # a report needs no Ray
-    ray_backend = load_script("benchmarks/ray_backend.py")
     sent = ray_backend.task_args(args)  # a task starts in a folder of Ray's choosing, with its CPUs as threads
     assert sent.save_dir == os.path.abspath("runs") and sent.data_dir == str(tmp_path) and sent.threads == 3
     assert args.save_dir == "runs" and args.threads == 0
