@@ -59,8 +59,9 @@ def run_jobs(ray, args, jobs, command):
     device = "cuda" if args.gpus_per_job else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the task's GPU
     args = task_args(args)
     task = ray.remote(run_job_task)
+    python_path = HERE + os.pathsep + "${PYTHONPATH}"  # Ray expands ${...} on the node: its own path kept
     resources = {"num_cpus": args.cpus_per_job, "num_gpus": args.gpus_per_job,
-                 "runtime_env": {"env_vars": {"PYTHONPATH": HERE}}}
+                 "runtime_env": {"env_vars": {"PYTHONPATH": python_path}}}
     pending = {task.options(name=job.name, **resources).remote(args, dataclasses.asdict(job), device): job
                for job in jobs}
     while pending:
