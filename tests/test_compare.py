@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import statistics
+import tempfile
 
 import pytest
 import torch
@@ -272,8 +273,10 @@ def test_ray_backend_gives_the_local_table(sweep, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-cluster.txt")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes its cluster's token into ~/.ray
+    session = tempfile.mkdtemp(prefix="ray")  # Ray's files, not /tmp/ray; a short path: its sockets live there
     # the Ray that compare.py starts: 2 CPUs, on loopback only
-    monkeypatch.setattr(ray, "init", functools.partial(ray.init, num_cpus=2, _node_ip_address="127.0.0.1"))
+    monkeypatch.setattr(ray, "init", functools.partial(ray.init, num_cpus=2, _node_ip_address="127.0.0.1",
+                                                       _temp_dir=session))
     flags = [f for f in sweep["flags"] if not f.startswith(("--methods", "--seeds", "--devices", "--out"))]
     args = compare.parse_args([*flags, "--methods=noise,ideal_cpu,random_generator", "--seeds=1", "--backend=ray",
                                f"--out={tmp_path}"])
@@ -285,7 +288,10 @@ def test_ray_backend_gives_the_local_table(sweep, tmp_path, monkeypatch):
     os.makedirs(broken)
     open(os.path.join(broken, "last.pt"), "w").write("not a checkpoint")  # so this job resumes and fails
 
-    failures = compare.main(args)
+    try:
+        failures = compare.main(args)
+    finally:
+        shutil.rmtree(session, ignore_errors=True)
     assert not ray.is_initialized()  # the Ray that compare.py started is shut down
     assert list(failures) == ["mnist-random_generator-s1"]
     report = failures["mnist-random_generator-s1"]
