@@ -16,7 +16,7 @@ import shlex
 from contextlib import contextmanager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LOG_TAIL_BYTES = 4096  # enough for a log's last line; a long run's log is megabytes of epochs
+LOG_TAIL_BYTES = 4096  # the end of a log that grows every epoch: enough for its last line
 
 
 @contextmanager
