@@ -3,6 +3,7 @@
     python benchmarks/compare.py                                   # MNIST + FMNIST, every method, 3 seeds
     python benchmarks/compare.py --methods ideal_cpu,noise --datasets mnist --devices cpu,cpu
     python benchmarks/compare.py --report_only                     # tables and figures from finished runs
+    python benchmarks/compare.py --backend=ray --ray_address=auto  # one Ray task per job, on a cluster
 
 Every method uses the same teacher per dataset, the same counting black box,
 the same pool, distillation pass and test evaluation (see methods/). Each
@@ -15,9 +16,11 @@ whose schedule depends on its budget (DFME's LR steps) runs once per budget.
 Runs are resumable: a finished run (summary.json) is skipped, an interrupted
 one is continued with --resume, so a long sweep can be stopped and started
 again. Writes RESULTS/compare.md, compare.json and compare_<dataset>.png.
+With --backend=ray the same jobs run as Ray tasks (benchmarks/ray_backend.py).
 """
 import argparse
 import fcntl
+import importlib.util
 import json
 import math
 import os
@@ -142,9 +145,20 @@ def parse_args(argv=None):
     p.add_argument("--devices", default="cpu",
                    help="one job runs on each entry at a time: cpu,cpu runs two CPU jobs side by side; "
                         "cuda:0,cuda:1 one job per GPU")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: the --devices slots of this machine; ray: one Ray task per job, on a Ray "
+                        "cluster or on this machine (pip install -r requirements-cluster.txt)")
+    p.add_argument("--ray_address", default=None,
+                   help="--backend=ray: the cluster to join ('auto': the one `ray start` made on this node, or "
+                        "HEAD_IP:6379); unset: start Ray on this machine for the sweep")
+    p.add_argument("--cpus_per_job", type=int, default=1,
+                   help="--backend=ray: CPUs a job asks Ray for, and its torch threads unless --threads")
+    p.add_argument("--gpus_per_job", type=float, default=0,
+                   help="--backend=ray: the share of a GPU a job asks for (0.25: four jobs on one GPU); "
+                        "above 0 the job runs on cuda")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch threads per CPU job (0: the cores shared out between CPU jobs). "
-                        "Results depend on the thread count")
+                   help="torch threads per CPU job (0: the cores shared out between CPU jobs; with Ray, "
+                        "--cpus_per_job). Results depend on the thread count")
     p.add_argument("--job_flags", default="", help="extra flags for every job (tests use tiny nets)")
     p.add_argument("--teacher_epochs", type=int, default=0, help="override every teacher's epochs (0: TEACHERS)")
     p.add_argument("--unfinished", action="store_true",
@@ -172,7 +186,22 @@ def parse_args(argv=None):
     for name in args.datasets:
         if name not in BUDGETS and not args.budgets:
             p.error(f"no default budgets for '{name}'; pass --budgets")
+    check_backend(p, args)
     return args
+
+
+def check_backend(p, args):
+    """Each backend's flags with their backend only: a flag that did nothing would mislead."""
+    if args.backend == "local":
+        if args.ray_address or args.gpus_per_job or args.cpus_per_job != 1:
+            p.error("--ray_address, --cpus_per_job and --gpus_per_job need --backend=ray")
+        return
+    if args.devices != ["cpu"]:
+        p.error("--devices is for --backend=local; with Ray give each job --cpus_per_job and --gpus_per_job")
+    if args.cpus_per_job < 1 or args.gpus_per_job < 0 or (args.gpus_per_job > 1 and args.gpus_per_job % 1):
+        p.error("--cpus_per_job must be 1 or more, --gpus_per_job a fraction up to 1 or a whole number")
+    if not args.report_only and importlib.util.find_spec("ray") is None:
+        p.error("--backend=ray needs Ray: pip install -r requirements-cluster.txt")
 
 
 def budgets_for(args, dataset):
@@ -311,6 +340,26 @@ def run_all(args, jobs):
     with ThreadPoolExecutor(len(args.devices)) as pool, \
             tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="compare", unit="run") as bar:
         for job, error in pool.map(on_a_slot, todo):
+            if error:
+                failures[job.name] = error
+                tqdm.write(f"FAILED {job.name}: {error}")
+            bar.update()
+    return failures
+
+
+def run_all_ray(args, jobs):
+    """Run the jobs as Ray tasks, each with its CPUs and share of a GPU, on the
+    nodes Ray picks (benchmarks/ray_backend.py). Returns {job name: error}."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:  # a script's own folder is there; a test loads this file by path
+        sys.path.insert(0, here)
+    import ray_backend  # here, so that the local backend never needs Ray
+
+    todo = [job for job in jobs if not is_done(run_dir(args, job))]
+    failures = {}
+    with ray_backend.connected(args.ray_address) as ray, \
+            tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="compare (ray)", unit="run") as bar:
+        for job, error in ray_backend.run_jobs(ray, args, todo, command):
             if error:
                 failures[job.name] = error
                 tqdm.write(f"FAILED {job.name}: {error}")
@@ -534,7 +583,7 @@ def main(args):
     if not args.report_only:
         ensure_teachers(args)
         start = time.time()
-        failures = run_all(args, jobs)
+        failures = (run_all_ray if args.backend == "ray" else run_all)(args, jobs)
         tqdm.write(f"sweep: {len(jobs)} jobs, {len(failures)} failed, {time.time() - start:.0f} s")
     report(args, jobs)
     return failures

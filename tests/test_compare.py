@@ -1,8 +1,11 @@
 """benchmarks/compare.py: the sweep over methods x seeds at counted budgets."""
+import argparse
+import functools
 import json
 import os
 import shutil
 import statistics
+import tempfile
 
 import pytest
 import torch
@@ -193,3 +196,74 @@ def test_flags_that_depend_on_the_run_length_are_refused():
         with pytest.raises(SystemExit):
             compare.parse_args([f"--job_flags={flag}"])
 
+
+def test_backend_flags_belong_to_their_backend(monkeypatch, tmp_path):
+    for flags in (["--gpus_per_job=0.5"], ["--ray_address=auto"], ["--cpus_per_job=2"],
+                  ["--backend=ray", "--devices=cpu,cpu"], ["--backend=ray", "--gpus_per_job=1.5"]):
+        with pytest.raises(SystemExit):
+            compare.parse_args(flags)
+    ray_backend = load_script("benchmarks/ray_backend.py")
+    monkeypatch.setattr(compare.importlib.util, "find_spec", lambda name: None)  # as if Ray were not installed
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--backend=ray"])
+    args = compare.parse_args(["--backend=ray", "--report_only", "--cpus_per_job=3", "--save_dir=runs",
+                               f"--data_dir={tmp_path}"])  # a report needs no Ray
+    sent = ray_backend.task_args(args)  # a task starts in a folder of Ray's choosing, with its CPUs as threads
+    assert sent.save_dir == os.path.abspath("runs") and sent.data_dir == str(tmp_path) and sent.threads == 3
+    assert args.save_dir == "runs" and args.threads == 0
+
+
+def test_a_failure_report_names_the_command_and_the_log_last_line(tmp_path):
+    ray_backend = load_script("benchmarks/ray_backend.py")
+    job, args = compare.Job("noise", "mnist", 1, 40), argparse.Namespace(save_dir=str(tmp_path))
+    report = ray_backend.failure_report(args, job, "exit 2", ["python", "ideal.py", "--a=b c"])
+    assert report == "exit 2\n    command: python ideal.py '--a=b c'\n    last line: (no log)"
+    os.makedirs(tmp_path / "logs")  # a long log, a progress bar's carriage returns, blank lines at the end
+    (tmp_path / "logs" / f"{job.name}.log").write_text("x" * 10000 + "\nepoch 1: 50%\repoch 1: 100%\n"
+                                                      "error: it broke\n\n")
+    assert ray_backend.failure_report(args, job, "exit 2", ["python"]).endswith("last line: error: it broke")
+    assert ray_backend.last_line("a\rb\r") == "b" and ray_backend.last_line("") == "(empty)"
+
+
+def test_ray_backend_gives_the_local_table(sweep, tmp_path, monkeypatch):
+    """--backend=ray on a local Ray with 2 CPUs: the same table as the local
+    sweep's for the same runs (one thread per job in both), and a job that
+    fails is reported with its command and its log's last line while the
+    others finish."""
+    ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-cluster.txt")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes its cluster's token into ~/.ray
+    session = tempfile.mkdtemp(prefix="ray")  # Ray's files, not /tmp/ray; a short path: its sockets live there
+    # the Ray that compare.py starts: 2 CPUs, on loopback only
+    monkeypatch.setattr(ray, "init", functools.partial(ray.init, num_cpus=2, _node_ip_address="127.0.0.1",
+                                                       _temp_dir=session))
+    flags = [f for f in sweep["flags"] if not f.startswith(("--methods", "--seeds", "--devices", "--out"))]
+    args = compare.parse_args([*flags, "--methods=noise,ideal_cpu,random_generator", "--seeds=1", "--backend=ray",
+                               f"--out={tmp_path}"])
+    args.save_dir = str(tmp_path / "runs")
+    os.makedirs(os.path.join(args.save_dir, "teachers"))
+    os.link(os.path.join(sweep["args"].save_dir, "teachers", "mnist_lenet.pt"),
+            os.path.join(args.save_dir, "teachers", "mnist_lenet.pt"))
+    broken = os.path.join(args.save_dir, "ideal", "mnist-random_generator-s1")
+    os.makedirs(broken)
+    open(os.path.join(broken, "last.pt"), "w").write("not a checkpoint")  # so this job resumes and fails
+
+    try:
+        failures = compare.main(args)
+    finally:
+        shutil.rmtree(session, ignore_errors=True)
+    assert not ray.is_initialized()  # the Ray that compare.py started is shut down
+    assert list(failures) == ["mnist-random_generator-s1"]
+    report = failures["mnist-random_generator-s1"]
+    assert "exit 2" in report and "--exp_name=mnist-random_generator-s1" in report and "--resume" in report
+    assert "not a checkpoint that can be loaded safely" in report.split("last line: ")[1]
+
+    ours = json.load(open(tmp_path / "compare.json"))["runs"]
+    assert {(r["method"], r["seed"]) for r in ours} == {("noise", 1), ("ideal_cpu", 1)}
+    assert {r["threads"] for r in ours} == {1}
+    local = [r for r in sweep["results"]["runs"] if r["seed"] == 1]
+
+    def table(runs):  # the rows of compare.md, less the wall time; a one-seed std is NaN, which equals nothing
+        return [{k: None if v != v else v for k, v in row.items() if k != "wall_s_mean"}
+                for row in compare.aggregate([{**r, "wall_s": 0.0} for r in runs])]
+    assert len(table(ours)) == 4 and table(ours) == table(local)
