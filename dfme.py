@@ -3,8 +3,7 @@ soft-label black box, with the teacher's gradients estimated by forward differen
 
     python dfme.py --dataset=mnist --net=lenet --query_budget=2000000
 
-As many whole iterations as the budget pays for, the LR schedule laid over them;
-last.pt every iteration, a test every eval_every (DFME's "epoch")."""
+Whole iterations the budget pays for, LR schedule over them; last.pt each one."""
 import argparse
 
 from tqdm import tqdm
@@ -23,9 +22,7 @@ from utils.teacher import load_blackbox_teacher
 
 PHASES = ("generate", "distill", "test")
 SETTINGS = ("batch_size", "nz", "lr_s", "lr_g", "g_iter", "d_iter", "grad_m", "grad_epsilon", "lr_steps", "lr_decay")
-# The flags that define a run: --resume refuses a command line that changes them.
-DEFINING = ("dataset", "net", "student_net", "query_budget", "batch_size", "nz", "ngf", "lr_s", "lr_g",
-            "g_iter", "d_iter", "grad_m", "grad_epsilon", "lr_steps", "lr_decay", "seed")
+DEFINING = ("dataset", "net", "student_net", "query_budget", "ngf", "seed", *SETTINGS)  # a resume may change none
 
 
 def parse_args(argv=None):
@@ -52,8 +49,7 @@ def parse_args(argv=None):
     return resolve_args(p.parse_args(argv))
 
 
-def resolve_args(args):
-    """Fill the defaults that depend on other flags; reject impossible settings."""
+def resolve_args(args):  # the defaults that follow from other flags; impossible settings refused
     if args.query_budget is None:
         raise UserError("--query_budget is required: DFME's schedule is laid out over the iterations it pays for")
     check_ranges(args, at_least_one=("query_budget", "batch_size", "nz", "ngf", "g_iter", "d_iter", "grad_m",
@@ -100,8 +96,7 @@ def main(args):
             continue
         test_and_save(run, state, dfme, test_set, clock, iteration, losses)
     summary = run.finish(make_summary(args, state, run.teacher, teacher_acc, run.device, dfme))
-    print(f"student {args.student_net}: final test accuracy {summary['final_acc']:.2f}% (best {summary['best_acc']:.2f}%)"
-          f", teacher queries {summary['queries']:,}, {summary['wall_s']:.0f}s; summary in {run.dir}/summary.json")
+    print(f"final test accuracy {summary['final_acc']:.2f}%, {summary['queries']:,} queries: {run.dir}/summary.json")
     return summary
 
 
@@ -112,12 +107,12 @@ def test_and_save(run, state, dfme, test_set, clock, iteration, losses):
         test_loss, test_acc = evaluate(dfme.student, *test_set)
     # samples: generator images made (each generator-step image is probed grad_m + 1 times)
     state.update(iteration=iteration, epoch=state["epoch"] + 1, final_acc=test_acc, tested_at=iteration,
-                 best_acc=max(state["best_acc"], test_acc),
-                 samples=iteration * run.args.batch_size * (run.args.g_iter + run.args.d_iter))
+                 best_acc=max(state["best_acc"], test_acc), samples=iteration * run.args.batch_size * (
+                     run.args.g_iter + run.args.d_iter))
     log_test(run.writer, state["epoch"], run.teacher.queries, test_loss, test_acc)
-    rates = {"lr/student": dfme.optimizer_s, "lr/generator": dfme.optimizer_g}
     for tag, value in [*((f"loss/{name}", v) for name, v in (losses or {}).items()),
-                       *((t, o.param_groups[0]["lr"]) for t, o in rates.items()),
+                       *((f"lr/{n}", o.param_groups[0]["lr"]) for n, o in (("student", dfme.optimizer_s),
+                                                                            ("generator", dfme.optimizer_g))),
                        *((f"time/{phase}_s", s) for phase, s in clock.totals.items())]:
         run.writer.add_scalar(tag, value, state["epoch"])
     run.bar.set_postfix(acc=f"{test_acc:.2f}", queries=f"{run.teacher.queries:,}")
@@ -127,7 +122,7 @@ def test_and_save(run, state, dfme, test_set, clock, iteration, losses):
 def make_summary(args, state, teacher, teacher_acc, device, dfme):
     return {**base_summary("dfme", args, state, teacher.queries, teacher_acc, device),
             "iterations": state["iteration"], "queries_per_iteration": dfme.queries_per_iteration,
-            **{k: getattr(args, k) for k in ("batch_size", "g_iter", "d_iter", "grad_m", "lr_s", "lr_g")},
+            **{k: getattr(args, k) for k in SETTINGS[:7]},
             "phase_s": {k: round(v, 1) for k, v in state["phase_s"].items()}}
 
 
