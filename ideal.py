@@ -32,8 +32,8 @@ from utils.evaluation import evaluate
 from utils.losses import rebalanced_weights
 from utils.pool import SyntheticPool, to_float, top1
 from utils.report import base_summary, log_test
-from utils.resume import (JournaledTeacher, load_labelled, paid_queries, record_resume, refuse_changes,
-                          save_labelled, saved_settings)
+from utils.resume import (JournaledTeacher, billed_queries, load_labelled, paid_queries, record_resume,
+                          refuse_changes, save_labelled, saved_settings)
 from utils.run import (UserError, amp_autocast, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
                        save_args, save_checkpoint, save_json, seed_everything, set_rng_state, single_process,
                        to_device)
@@ -442,7 +442,7 @@ def resume(resumed, args, device, parts, teacher):
     pending = load_labelled(run_dir, ckpt["epoch"] + 1, device)
     teacher.queries = max(queries, pending["queries"] if pending else 0)  # the write-ahead count covers it
     if args.teacher_url:  # the provider's bill is the count: it never billed a batch it did not answer
-        teacher.queries = teacher.usage()["run_used"]
+        teacher.queries = billed_queries(run_dir, teacher.usage()["run_used"])
     ckpt["budget_hit"] = ckpt["budget_hit"] and teacher.remaining <= 0  # a larger budget reopens generation
     best = os.path.join(run_dir, "best.pt")
     if os.path.isfile(best):  # written before last.pt: never behind it
