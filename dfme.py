@@ -21,6 +21,7 @@ from methods import Clock
 from methods.dfme import DFME, LR_DECAY, LR_STEPS, iterations_for_budget, queries_per_iteration
 from models import MODELS, Generator, ModelError, build_model
 from models.registry import check_fits
+from utils.checks import check_common, check_diverged, check_memory, check_positive, generator_sizes
 from utils.evaluation import evaluate
 from utils.report import base_summary, log_test
 from utils.resume import JournaledTeacher, paid_queries
@@ -82,6 +83,9 @@ def resolve_args(args):
     if args.query_budget < per_iteration:
         raise UserError(f"--query_budget {args.query_budget} does not pay for one DFME iteration "
                         f"({per_iteration} queries at this batch_size, g_iter, d_iter and grad_m)")
+    check_positive(args, "lr_s", "lr_g", "grad_epsilon", "lr_decay")
+    check_common(args)  # every float finite, the seed, the run name, the save folder
+    check_memory(generator_sizes(args.nz, args.ngf, get_spec(args.dataset).size, args.batch_size * (args.grad_m + 1)))
     args.bb_mode = "soft"  # DFME trains on the teacher's probabilities
     args.student_net = args.student_net or args.net
     args.exp_name = args.exp_name or f"{args.dataset}_{args.net}_{args.student_net}"
@@ -128,7 +132,7 @@ def main(args):
                      best_acc=max(state["best_acc"], test_acc), wall_s=time.time() - t0,
                      samples=iteration * args.batch_size * (args.g_iter + args.d_iter))
         log_evaluation(writer, state["epoch"], teacher.queries, clock.totals, losses, dfme, test_loss, test_acc)
-        bar.set_postfix(acc=f"{test_acc:.2f}", queries=teacher.queries)
+        bar.set_postfix(acc=f"{test_acc:.2f}", queries=f"{teacher.queries:,}")
         save_run(run_dir, args, state, dfme, teacher)
 
     for iteration in bar:
@@ -138,6 +142,8 @@ def main(args):
                 test_and_save(state["iteration"], None)
             break
         losses = dfme.step(clock)
+        check_diverged(losses, [dfme.student, dfme.generator], f"iteration {iteration}",
+                       "start a new run with a lower --lr_s or --lr_g, or a larger --grad_epsilon")
         if iteration % args.eval_every and iteration < iterations \
                 and teacher.remaining >= dfme.queries_per_iteration:
             # last.pt every iteration: a kill re-pays at most the one iteration it interrupted

@@ -9,7 +9,6 @@ pass over the whole pool of labelled samples; (4) the student is tested on the
 real test set (real labels, no query).
 """
 import argparse
-import json
 import math
 import os
 import time
@@ -28,10 +27,12 @@ from models import MODELS, Generator, ModelError, build_model
 from models.registry import check_fits
 from utils.augment import KINDS, build_augment, reference_augment
 from utils.blackbox import MODES
+from utils.checks import (check_common, check_diverged, check_memory, check_name, check_preset_types,
+                          generator_sizes, read_json_object)
 from utils.evaluation import evaluate
 from utils.losses import rebalanced_weights
 from utils.pool import SyntheticPool, to_float, top1
-from utils.report import base_summary, log_test
+from utils.report import base_summary, budget_spent, log_test
 from utils.resume import (JournaledTeacher, billed_queries, load_labelled, paid_queries, record_resume,
                           refuse_changes, save_labelled, saved_settings)
 from utils.run import (UserError, amp_autocast, load_checkpoint, make_run_dir, pick_device, rng_state, run_cli,
@@ -134,13 +135,12 @@ def apply_preset(parser, argv):
     known = parser.parse_known_args(argv)[0]
     if known.preset is None:
         return
-    path = os.path.join(CONFIG_DIR, f"{known.preset}.json")
+    path = os.path.join(CONFIG_DIR, f"{check_name(known.preset, 'preset')}.json")  # a name, never a path
     if not os.path.isfile(path):
         names = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
         raise UserError(f"no preset '{known.preset}' ({path}); known: {', '.join(names)}")
-    with open(path) as f:
-        preset = json.load(f)
-    per_dataset = preset.pop("per_dataset", {}) if isinstance(preset, dict) else None
+    preset = read_json_object(path, "preset")
+    per_dataset = preset.pop("per_dataset", {})
     sections = list(per_dataset.values()) if isinstance(per_dataset, dict) else [None]
     if not all(isinstance(v, dict) for v in sections):
         raise UserError(f"preset {path} must be a JSON object of flags, its per_dataset one object per dataset")
@@ -151,7 +151,9 @@ def apply_preset(parser, argv):
     unknown = set(preset).union(*sections) - settable
     if unknown:
         raise UserError(f"preset {path} sets unknown flags: {', '.join(sorted(unknown))}")
-    parser.set_defaults(**{**preset, **per_dataset.get(known.dataset, {})})
+    values = {**preset, **per_dataset.get(known.dataset, {})}
+    check_preset_types(parser, values, path)
+    parser.set_defaults(**values)
 
 
 def resolve_args(args):
@@ -195,6 +197,9 @@ def resolve_args(args):
     for name in ("momentum", "weight_decay", "query_budget", "distill_epochs"):
         if not getattr(args, name) >= 0:
             raise UserError(f"--{name} must be >= 0")
+    check_common(args)  # every float finite, the seed, the run name, the save folder
+    spec = get_spec(args.dataset)
+    check_memory(generator_sizes(args.nz, args.ngf, spec.size, args.batch_size * args.candidates))
     return args
 
 
@@ -308,12 +313,11 @@ def main(args):
             break  # relabel mode has no cached answers to train on without asking again
         with clock("distill"):
             d_loss, d_agree = distill_epoch(args, learner, pool, augment, teacher, autocast)
-        if not math.isfinite(d_loss):
-            raise UserError(f"the student diverged at epoch {epoch} (distillation loss {d_loss}); "
-                            "start a new run with a lower --lr")
+        check_diverged({"distillation loss": d_loss}, [learner.model], f"epoch {epoch}",
+                       "start a new run with a lower --lr")
         if teacher.remaining <= 0 and not state["budget_hit"]:
             state["budget_hit"] = True
-            tqdm.write(f"query budget of {args.query_budget} spent at epoch {epoch}: " + (
+            tqdm.write(f"{budget_spent(args.query_budget, teacher.queries)} at epoch {epoch}: " + (
                 "relabel mode has no cached answers, so the run ends after this epoch" if args.relabel_every_epoch
                 else "no more generation; distilling on the pool already labelled"))
         with clock("test"):
@@ -323,7 +327,7 @@ def main(args):
         state["best_acc"] = max(state["best_acc"], test_acc)
         log_epoch(writer, epoch, teacher.queries, clock.totals,
                   {"loss": d_loss, "agreement": d_agree, "lr": learner.lr}, test_loss, test_acc, args.eval_split)
-        bar.set_postfix(acc=f"{test_acc:.2f}", queries=teacher.queries)
+        bar.set_postfix(acc=f"{test_acc:.2f}", queries=f"{teacher.queries:,}")
         save_run(run_dir, vars(args), state, (learner, synthesizer, pool), teacher, is_best)
     writer.close()
     summary = make_summary(args, state, teacher, teacher_acc, device)

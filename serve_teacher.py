@@ -288,7 +288,8 @@ def build_service(args) -> TeacherService:
         raise UserError("--max_batch must be at least 1")
     device = pick_device(args.device)
     if not os.path.isfile(args.model):
-        raise UserError(f"no model at {args.model}")
+        raise UserError(f"--model {args.model} is a folder; pass the model's file" if os.path.isdir(args.model)
+                        else f"no model at {args.model}")
     model, info = load_teacher(args.model, device, args.trust_teacher_code)
     shape, classes = served_shape(args, info)
     try_once(args.model, model, shape, classes, device)

@@ -242,13 +242,28 @@ class RemoteBlackBox:
                                  f"(last: {failure}); nothing was billed twice: run again (--resume) to go on")
 
 
+def check_url(url: str) -> None:
+    """--teacher_url must be http(s)://HOST[:PORT][/PATH]: one line otherwise."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # a port that is not a number raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise UserError(f"--teacher_url {url}: not a teacher URL; give http://HOST:PORT as serve_teacher.py prints it")
+
+
 def connect_teacher(url: str, dataset_shape: tuple, classes: int, mode: str, budget: int):
     """The black box for ideal.py's --teacher_url, with the key from $IDEAL_TEACHER_KEY.
     Checks that the served teacher takes this dataset and answers in `mode`.
     Returns (RemoteBlackBox, teacher's test accuracy in % as the server states it, NaN if not)."""
+    check_url(url)
     key = os.environ.get(KEY_ENV)
     if not key:
         raise UserError(f"--teacher_url needs the API key in the environment: export {KEY_ENV}=...")
+    if not re.fullmatch(r"[!-~]+", key):  # what an HTTP header carries intact; never echo the key itself
+        raise UserError(f"${KEY_ENV} holds characters an API key cannot have (only printable ASCII, no spaces or "
+                        "newlines): set it to the key exactly as the provider gave it")
     teacher = RemoteBlackBox(url, key, budget=budget)
     if teacher.mode != mode:
         raise UserError(f"the teacher at {url} answers {teacher.mode} labels (the provider's choice); "
