@@ -64,6 +64,31 @@ def test_slow_header_client_is_cut_at_the_deadline(serve):
     assert TIGHT.request_timeout * 0.9 < held < TIGHT.request_timeout + 1.5
 
 
+def test_idle_kept_alive_connection_closes_and_a_busy_one_is_not_cut(serve):
+    """Two requests on one kept-alive connection, then silence: closed after
+    keep_alive (0.5 s), not at the 1 s deadline; the deadline never cuts an answer."""
+    served = serve(limits=TIGHT)
+    usage = f"GET /v1/usage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS['alice']}\r\n\r\n".encode()
+    sock = raw(served.port, usage)
+    time.sleep(0.3)
+    sock.sendall(usage)  # pipelined behind nothing: the first answer is already out
+    start = time.perf_counter()
+    answers = read_all(sock)
+    idle = time.perf_counter() - start
+    print(f"\nkept-alive connection: closed {idle:.2f} s after the last answer (keep_alive {TIGHT.keep_alive} s)")
+    assert answers.count(b"HTTP/1.1 200") == 2 and b"408" not in answers
+    assert idle < TIGHT.request_timeout
+
+
+def test_the_deadline_never_cuts_a_slow_answer(serve, monkeypatch):
+    """The deadline is the client's time to send; the server's time to answer is its own."""
+    served = serve(limits=TIGHT)
+    real = served.service.answer
+    monkeypatch.setattr(served.service, "answer", lambda pixels: time.sleep(1.5) or real(pixels))
+    status, _, _ = post(served.url, encode_npy(images(3)))
+    assert status == 200 and served.used("alice") == 3
+
+
 @pytest.mark.parametrize("leaves", [True, False])
 def test_short_body_is_never_billed(serve, leaves):
     """Content-Length says 2x the bytes sent: the client leaves, or waits.

@@ -73,9 +73,9 @@ class DeadlineProtocol(H11Protocol):
             self._disarm()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
         if not self.transport.is_closing():
-            self._arm()
+            self._arm()  # before uvicorn hands on a pipelined request, which may already be whole
+        super().on_response_complete()
 
     def connection_lost(self, exc) -> None:
         self._disarm()
