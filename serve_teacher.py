@@ -33,7 +33,7 @@ from utils.http_server import Limits, TeacherServer, run_blocking
 from utils.ledger import Ledger
 from utils.pool import to_float
 from utils.remote import NPY, batch_digest, decode_npy, encode_npy
-from utils.checks import check_finite
+from utils.checks import check_positive
 from utils.run import UserError, pick_device, run_cli
 from utils.teacher import load_teacher
 
@@ -361,8 +361,7 @@ def check_limits(args) -> Limits:
         raise UserError(f"--port must be 0 to 65535 (0 picks a free port), not {args.port}")
     if args.max_connections < 1:
         raise UserError("--max_connections must be at least 1")
-    check_finite(args, "request_timeout", low=0, low_open=True)
-    check_finite(args, "keep_alive", low=0, low_open=True)
+    check_positive(args, "request_timeout", "keep_alive")
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and args.max_connections + FD_RESERVE > soft:
         raise UserError(f"--max_connections {args.max_connections} needs {args.max_connections + FD_RESERVE} "

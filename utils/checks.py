@@ -16,32 +16,17 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]{0,127}")  # run and preset name
 SEED_MAX = 2 ** 32 - 1  # numpy's seeds stop here
 
 
-def check_finite(args, name: str, low=None, high=None, low_open=False, high_open=False) -> None:
-    """--name must be a finite number in [low, high] (an open end excludes it)."""
-    value = getattr(args, name)
-    above = low is None or (value > low if low_open else value >= low)
-    below = high is None or (value < high if high_open else value <= high)
-    if not (math.isfinite(value) and above and below):
-        raise UserError(f"--{name} must be a finite number {describe(low, high, low_open, high_open)}, not {value}")
-
-
-def describe(low, high, low_open, high_open) -> str:
-    if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
-    return f"{'<' if high_open else '<='} {high:g}" if high is not None else ""
-
-
-def check_range(args, name: str, low: int, high: int) -> None:
-    """--name must be an integer in [low, high]."""
-    value = getattr(args, name)
-    if not low <= value <= high:
-        raise UserError(f"--{name} must be {low} to {high}, not {value}")
+def check_positive(args, *names) -> None:
+    """Each --name must be a finite number above 0."""
+    for name in names:
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"--{name} must be a finite number > 0, not {value}")
 
 
 def check_seed(args) -> None:
-    check_range(args, "seed", 0, SEED_MAX)
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UserError(f"--seed must be 0 to {SEED_MAX}, not {args.seed}")
 
 
 def check_name(value: str, flag: str) -> str:
@@ -87,11 +72,6 @@ def check_all_finite(args) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             raise UserError(f"--{name} must be a finite number, not {value}")
-
-
-def check_positive(args, *names) -> None:
-    for name in names:
-        check_finite(args, name, low=0, low_open=True)
 
 
 def check_common(args) -> None:
