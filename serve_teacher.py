@@ -8,6 +8,7 @@ keys.json maps a key id (what the logs and the ledger name) to its secret and
 its budget in images (0 = no cap):
     {"alice": {"key": "<at least 16 characters>", "budget": 25000}}
 The protocol is in utils/remote.py; ideal.py --teacher_url is its client.
+It runs on uvicorn, with the limits of utils/http_server.py (docs/SERVING.md).
 """
 import argparse
 import hashlib
