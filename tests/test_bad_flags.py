@@ -16,7 +16,7 @@ from utils.run import UserError
 
 def test_the_sweep_has_no_traceback_and_accepts_nothing():
     sweep = load_script("benchmarks/bad_flags.py").sweep(every=10)
-    assert sum(sum(c.values()) for c in sweep["counts"].values()) >= 20
+    assert sum(sum(c.values()) for c in sweep["counts"].values()) >= 15
     assert sweep["wrong"] == []
 
 
