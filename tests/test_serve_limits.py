@@ -115,25 +115,42 @@ def test_malformed_content_length_is_a_400_not_a_500(serve):
     assert served.used("alice") == 0
 
 
-def test_idle_flood_is_capped_and_cleared(serve):
-    """30 idle sockets against a cap of 8: the 22 past the cap are answered 503
-    at once, the 8 within it are closed at the 1 s deadline; a real client asking
-    during the flood is served by its own retries, and billed once."""
+def test_idle_flood_never_locks_a_client_out(serve):
+    """30 idle sockets against a cap of 8: each one past the cap closes the
+    oldest idle one (503), so 8 stay, closed 408 at the 1 s deadline; a real
+    client asking during the flood takes the place of another idle one at once,
+    and is billed once."""
     served = serve(limits=TIGHT)
     start, cpu = time.perf_counter(), time.process_time()
     flood = [raw(served.port) for _ in range(30)]
     time.sleep(0.3)
-    refused = sum(read_all(s, 0.05).startswith(b"HTTP/1.1 503") for s in flood)
+    evicted = [read_all(s, 0.05).startswith(b"HTTP/1.1 503") for s in flood]
+    asked = time.perf_counter()
     remote = RemoteBlackBox(served.url, KEYS["alice"], backoff_s=0.2, retries=6)
     answers = remote(to_float(torch.from_numpy(images(5))))
-    served_after = time.perf_counter() - start
-    idle_closed = [read_all(s, 3.0).startswith(b"HTTP/1.1 408") for s in flood[:8]]
+    served_after = time.perf_counter() - asked
+    timed_out = sum(read_all(s, 3.0).startswith(b"HTTP/1.1 408") for s in flood[22:])
     cleared, cpu = time.perf_counter() - start, time.process_time() - cpu
-    print(f"\nidle flood: {refused} of 30 refused 503 at once (cap {TIGHT.max_connections}); a real client served "
-          f"after {served_after:.2f} s; flood cleared after {cleared:.2f} s; {cpu:.2f} s CPU in all")
-    assert refused == 30 - TIGHT.max_connections
+    print(f"\nidle flood: {sum(evicted)} of 30 closed 503 to make room (cap {TIGHT.max_connections}); a real client "
+          f"asking then was served in {served_after:.2f} s; the rest closed 408, all gone after {cleared:.2f} s; {cpu:.2f} s CPU")
+    assert evicted == [True] * 22 + [False] * 8  # the oldest go first
     assert answers.shape == (5,) and served.used("alice") == remote.queries == 5
-    assert all(idle_closed) and cleared < TIGHT.request_timeout + 3
+    assert served_after < TIGHT.request_timeout  # never waited for the flood to time out
+    assert timed_out == TIGHT.max_connections - 1  # one made room for the client's request
+    assert cleared < TIGHT.request_timeout + 3
+
+
+def test_cap_refuses_a_newcomer_when_every_connection_is_busy(serve):
+    """8 connections whose headers are in and whose bodies are still coming are
+    busy, not idle: the 9th is answered 503 itself, and nothing is billed."""
+    served = serve(limits=TIGHT)
+    body = encode_npy(images(4))
+    busy = [raw(served.port, head(served.port, 2 * len(body)) + body) for _ in range(TIGHT.max_connections)]
+    time.sleep(0.3)
+    newcomer = read_all(raw(served.port), 0.5)
+    assert newcomer.startswith(b"HTTP/1.1 503") and b"all of them sending" in newcomer
+    assert all(read_all(s).startswith(b"HTTP/1.1 408") for s in busy)
+    assert served.used("alice") == 0
 
 
 # -- flags, refused in one line ---------------------------------------------------------------

@@ -3,8 +3,11 @@
 the time a client may take to send its request: its keep-alive timer restarts
 on every byte, so a client sending one header line a minute holds a socket
 for as long as it likes. DeadlineProtocol adds both:
-- a connection past `max_connections` is answered 503 and closed at once, so
-  an idle flood never holds more than the cap of file descriptors;
+- at most `max_connections` are open: one more makes room by closing the
+  connection that has waited longest without sending a request header (503),
+  or, when every connection is busy with a request, is itself answered 503;
+  so an idle flood holds at most the cap of file descriptors and never locks
+  a new client out;
 - a request must arrive whole (headers and body) within `request_timeout`
   seconds of the connection opening, or of the previous answer on a kept-alive
   connection; a late one is answered 408 and closed. The body is then never
@@ -27,7 +30,7 @@ BACKLOG = 1024  # connections the kernel queues before they are accepted (and co
 
 class Limits(NamedTuple):
     max_connections: int = 64  # open at once; each costs a file descriptor
-    request_timeout: float = 20.0  # seconds to send a whole request
+    request_timeout: float = 10.0  # seconds to send a whole request: inside a client's 15.5 s of retries
     keep_alive: float = 5.0  # seconds an idle kept-alive connection stays open
 
 
@@ -48,17 +51,36 @@ class DeadlineProtocol(H11Protocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._deadline, self._answered = None, None  # the timer; the cycle of the last answered request
-        if len(self.connections) > self.limits.max_connections:
+        self._deadline, self._answered, self._armed_at = None, None, 0.0  # timer; last answered cycle; when armed
+        if len(self.connections) > self.limits.max_connections and not self._make_room():
             self._refuse(503, "Service Unavailable", f"the server has {self.limits.max_connections} connections "
-                                                     "open, its limit; try again shortly")
+                                                     "open, its limit, all of them sending or awaiting an answer; "
+                                                     "try again shortly")
             return
         self._arm()
+
+    def _make_room(self) -> bool:
+        """At the cap, close the connection that has waited longest without
+        sending a whole request header (an idle or slow one), so that idle
+        sockets can never lock a new client out. False if every connection
+        is busy with a request."""
+        waiting = [c for c in self.connections if c is not self and c._waiting()]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c._armed_at)
+        oldest._refuse(503, "Service Unavailable", "this connection sent no request while the server was at its "
+                                                   "connection limit, and was closed for another; nothing was billed")
+        return True
+
+    def _waiting(self) -> bool:
+        """Armed and no request header in yet: idle, or sending its header slowly."""
+        return (self._deadline is not None and self.cycle is self._answered
+                and not self.transport.is_closing())
 
     def _arm(self) -> None:
         """Start the clock for the next request on this connection."""
         self._disarm()
-        self._answered = self.cycle
+        self._answered, self._armed_at = self.cycle, self.loop.time()
         self._deadline = self.loop.call_later(self.limits.request_timeout, self._expire)
 
     def _disarm(self) -> None:
