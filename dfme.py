@@ -12,8 +12,8 @@ from datasets import DatasetError, get_spec, load_split
 from methods import Clock
 from methods.dfme import DFME, LR_DECAY, LR_STEPS, iterations_for_budget, queries_per_iteration
 from models import Generator, ModelError, build_model
-from models.registry import check_fits
-from utils.cli import add_models, add_run, add_teacher_file, check_ranges, name_the_run
+from utils.checks import check_diverged, check_flags, check_ranges
+from utils.cli import add_models, add_run, add_teacher_file, name_the_run
 from utils.evaluation import evaluate
 from utils.experiment import Run
 from utils.report import base_summary, log_test
@@ -62,14 +62,13 @@ def resolve_args(args):  # the defaults that follow from other flags; impossible
                         f"({per_iteration} queries at this batch_size, g_iter, d_iter and grad_m)")
     args.bb_mode = "soft"  # DFME trains on the teacher's probabilities
     name_the_run(args)
+    check_flags(args, args.batch_size * (args.grad_m + 1))  # finite floats, names, sizes, memory
     return args
 
 
 def main(args):
     run = Run("dfme", args, DEFINING)
     spec = get_spec(args.dataset)
-    for net in (args.net, args.student_net):
-        check_fits(net, spec.size)
     teacher, teacher_acc = load_blackbox_teacher(args.teacher_ckpt, args.dataset, args.net, args.bb_mode,
                                                  args.query_budget, run.device, args.trust_teacher_code)
     test_set = [t.to(run.device) for t in load_split(args.dataset, args.data_dir, train=False)]
@@ -80,8 +79,7 @@ def main(args):
     state = run.restore({"dfme": dfme}, {"iteration": 0, "epoch": 0, "samples": 0, "best_acc": 0.0, "final_acc": 0.0,
                                          "wall_s": 0.0, "tested_at": None, "phase_s": dict.fromkeys(PHASES, 0.0)})
     clock = Clock(run.device, state["phase_s"])
-    print(f"DFME: {args.net} teacher ({teacher_acc:.2f}%) -> {args.student_net} on {args.dataset}, {run.device}; "
-          f"{iterations} iterations of {dfme.queries_per_iteration} queries; run folder {run.dir}")
+    print(f"DFME: {iterations} iterations of {dfme.queries_per_iteration} queries on {run.device}, folder {run.dir}")
     for iteration in run.progress(state, iterations, key="iteration"):
         if run.teacher.remaining < dfme.queries_per_iteration:  # a resume re-paid a killed iteration
             tqdm.write(f"query budget of {args.query_budget} spent after {iteration - 1} iterations")
@@ -89,6 +87,7 @@ def main(args):
                 test_and_save(run, state, dfme, test_set, clock, state["iteration"], None)
             break
         losses = dfme.step(clock)
+        check_diverged(losses, [dfme.student, dfme.generator], f"iteration {iteration}", "lower --lr_s or --lr_g")
         state.update(iteration=iteration)
         last = iteration == iterations or run.teacher.remaining < dfme.queries_per_iteration
         if iteration % args.eval_every and not last:

@@ -10,8 +10,6 @@ the student is scored on real images (real labels, no query). The run folder,
 the query count, checkpoints and resume are utils/experiment.py's Run.
 """
 import argparse
-import json
-import math
 import os
 
 from torchvision.utils import make_grid
@@ -22,15 +20,15 @@ from methods import PHASES, SYNTHESIZERS, Clock, distill, distill_relabel, label
 from methods.steps import affordable, student_optimizer
 from methods.synthesizers import build_synthesizer
 from models import ModelError, build_model
-from models.registry import check_fits
 from utils.augment import KINDS, build_augment, reference_augment
 from utils.blackbox import MODES
-from utils.cli import add_models, add_run, add_teacher_file, check_ranges, name_the_run
+from utils.checks import check_diverged, check_flags, check_name, check_preset_types, check_ranges, read_json_object
+from utils.cli import add_models, add_run, add_teacher_file, name_the_run
 from utils.evaluation import evaluate
 from utils.experiment import Run
 from utils.pool import SyntheticPool, to_float, top1
 from utils.remote import connect_teacher
-from utils.report import base_summary, log_test
+from utils.report import base_summary, budget_spent, log_test
 from utils.resume import load_labelled, save_labelled
 from utils.run import UserError, run_cli, set_rng_state, to_device
 from utils.teacher import file_sha256, load_blackbox_teacher
@@ -98,13 +96,12 @@ def apply_preset(parser, argv):
     known = parser.parse_known_args(argv)[0]
     if known.preset is None:
         return
-    path = os.path.join(CONFIG_DIR, f"{known.preset}.json")
+    path = os.path.join(CONFIG_DIR, f"{check_name(known.preset, 'preset')}.json")  # a name, never a path
     if not os.path.isfile(path):
         names = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
         raise UserError(f"no preset '{known.preset}' ({path}); known: {', '.join(names)}")
-    with open(path) as f:
-        preset = json.load(f)
-    per_dataset = preset.pop("per_dataset", {}) if isinstance(preset, dict) else None
+    preset = read_json_object(path, "preset")
+    per_dataset = preset.pop("per_dataset", {})
     sections = list(per_dataset.values()) if isinstance(per_dataset, dict) else [None]
     if not all(isinstance(v, dict) for v in sections):
         raise UserError(f"preset {path} must be a JSON object of flags, its per_dataset one object per dataset")
@@ -115,7 +112,9 @@ def apply_preset(parser, argv):
     unknown = set(preset).union(*sections) - settable
     if unknown:
         raise UserError(f"preset {path} sets unknown flags: {', '.join(sorted(unknown))}")
-    parser.set_defaults(**{**preset, **per_dataset.get(known.dataset, {})})
+    values = {**preset, **per_dataset.get(known.dataset, {})}
+    check_preset_types(parser, values, path)
+    parser.set_defaults(**values)
 
 
 def resolve_args(args):
@@ -131,6 +130,7 @@ def resolve_args(args):
                  positive=("lr", "lr_g"), non_negative=("momentum", "weight_decay", "query_budget", "distill_epochs"))
     if not 0 <= args.prior_share < 1:
         raise UserError("--prior_share must be in [0, 1) (0 = off)")
+    check_flags(args, args.batch_size * args.candidates)  # finite floats, names, sizes, memory
     if args.method != "ideal" and (args.candidates > 1 or args.warm_generator or args.prior_share):
         raise UserError(f"--candidates, --warm_generator and --prior_share shape IDEAL's batch; "
                         f"--method={args.method} has none to shape (use --method=ideal)")
@@ -213,8 +213,6 @@ def open_teacher(args, spec, run):
     """The black box of --teacher_url or --teacher_ckpt, the teacher's test
     accuracy as its trainer (or provider) reported it, and the real images
     the student is scored on, (images, labels) on the run's device."""
-    for net in (args.net, args.student_net):
-        check_fits(net, spec.size)
     if args.teacher_url:
         teacher, acc = connect_teacher(args.teacher_url, (spec.channels, spec.size, spec.size), spec.classes,
                                        args.bb_mode, args.query_budget)
@@ -276,12 +274,11 @@ def end_epoch(run, state, parts, epoch, distilled, tested):
     checkpoint, and say once when the budget is spent."""
     (d_loss, d_agree), (test_loss, test_acc) = distilled, tested
     args, teacher = run.args, run.teacher
-    if not math.isfinite(d_loss):
-        raise UserError(f"the student diverged at epoch {epoch} (distillation loss {d_loss}); "
-                        "start a new run with a lower --lr")
+    check_diverged({"distillation loss": d_loss}, [parts["student"]], f"epoch {epoch}",
+                   "start a new run with a lower --lr")
     if teacher.remaining <= 0 and not state["budget_hit"]:
         state["budget_hit"] = True
-        tqdm.write(f"query budget of {args.query_budget} spent at epoch {epoch}: " + (
+        tqdm.write(f"{budget_spent(args.query_budget, teacher.queries)} at epoch {epoch}: " + (
             "relabel mode has no cached answers, so the run ends after this epoch" if args.relabel_every_epoch
             else "no more generation; distilling on the pool already labelled"))
     best = parts["student"] if test_acc > state["best_acc"] else None

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from datasets import DATASETS, DatasetError, get_spec, load_split
 from models import MODELS, ModelError, build_model
 from utils.augment import KINDS, build_augment
+from utils.checks import check_common, check_diverged
 from utils.distributed import agreed, data_parallel, derived_seed, mean_over_ranks, process_group, shard_indices
 from utils.evaluation import evaluate
 from utils.pool import to_float
@@ -95,6 +96,10 @@ def resolve_args(args):
     for name in ("momentum", "weight_decay"):
         if not getattr(args, name) >= 0:
             raise UserError(f"--{name} must be >= 0")
+    check_common(args)  # every float finite, the seed, the run name, the save folder
+    if os.path.isdir(args.teacher_ckpt):
+        raise UserError(f"--teacher_ckpt {args.teacher_ckpt} is a folder; give the teacher's file name, e.g. "
+                        f"{os.path.join(args.teacher_ckpt, args.dataset + '_' + args.net + '.pt')}")
     if args.nesterov is None:
         args.nesterov = args.schedule == "onecycle"
     if args.nesterov and args.momentum == 0:
@@ -180,6 +185,7 @@ def save_unless_worse(args, model, spec, test_acc, to_beat, run_dir):
     """Write the teacher to --teacher_ckpt unless the one there is better; then
     it goes to RUN_DIR/teacher.pt instead. Returns where it went."""
     path = args.teacher_ckpt
+    check_diverged({"test accuracy": test_acc}, [model], "the end", "no teacher was written; lower --lr")
     if to_beat is not None and not test_acc >= to_beat:  # a NaN accuracy never wins
         path = os.path.join(run_dir, "teacher.pt")
         tqdm.write(f"kept the better teacher at {args.teacher_ckpt} ({to_beat:.2f}% against {test_acc:.2f}%); "
@@ -247,6 +253,8 @@ def fit(args, run_dir, ranks, model, data, optimizer, scheduler, state, autocast
                       initial=state["epoch"], total=args.epochs, disable=not ranks.main):
         shard_loss = train(args, ranks, net, train_data, optimizer, scheduler, augment, autocast, epoch)
         train_loss = mean_over_ranks(shard_loss, ranks, device)
+        check_diverged({"train loss": train_loss}, [model], f"epoch {epoch}",  # every rank: the same mean
+                       "start a new run with a lower --lr or --weight_decay")
         if not ranks.main:
             continue
         test_loss, test_acc = evaluate(model, *test_data)  # the bare model: DDP's forward would wait for the others

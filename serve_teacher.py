@@ -8,6 +8,7 @@ keys.json maps a key id (what the logs and the ledger name) to its secret and
 its budget in images (0 = no cap):
     {"alice": {"key": "<at least 16 characters>", "budget": 25000}}
 The protocol is in utils/remote.py; ideal.py --teacher_url is its client.
+It runs on uvicorn, with the limits of utils/http_server.py (docs/SERVING.md).
 """
 import argparse
 import hashlib
@@ -15,28 +16,35 @@ import json
 import logging
 import os
 import re
+import resource
+import sqlite3
 import time
-import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Lock
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
 from utils.blackbox import MODES, BlackBoxTeacher
+from utils.http_server import Limits, TeacherServer, run_blocking
 from utils.ledger import Ledger
 from utils.pool import to_float
 from utils.remote import NPY, batch_digest, decode_npy, encode_npy
+from utils.checks import check_positive
 from utils.run import UserError, pick_device, run_cli
 from utils.teacher import load_teacher
 
 log = logging.getLogger("serve_teacher")
 MIN_KEY_CHARS = 16
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # request and run ids: short, printable, loggable
+KEY_CHARS = re.compile(r"[!-~]+")  # printable ASCII without spaces: what a Bearer header carries intact
 NPY_HEADER_BYTES = 4096  # room for a .npy header above the pixels themselves
 DRAIN_LIMIT = 64 << 20  # a refused body up to this size is read to its end before the 400 goes out
+FD_RESERVE = 64  # files the process holds besides connections: the ledger, the model, libraries (a margin)
 
 
 def parse_args(argv=None):
@@ -55,6 +63,12 @@ def parse_args(argv=None):
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--max_batch", type=int, default=1024, help="most images in one request")
     p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--max_connections", type=int, default=Limits().max_connections,
+                   help="connections open at once; one more is answered 503 and closed (docs/SERVING.md)")
+    p.add_argument("--request_timeout", type=float, default=Limits().request_timeout,
+                   help="seconds a client has to send a whole request; a late one is answered 408, unbilled")
+    p.add_argument("--keep_alive", type=float, default=Limits().keep_alive,
+                   help="seconds an idle kept-alive connection stays open between requests")
     return p.parse_args(argv)
 
 
@@ -71,6 +85,9 @@ def load_keys(path: str) -> dict:
                         '{"key": "...", "budget": N >= 0}')
     keys = {}
     for key_id, entry in table.items():
+        if not KEY_CHARS.fullmatch(entry["key"]):  # an HTTP header carries only these; another never matches
+            raise UserError(f"--keys {path}: the key of {key_id} holds characters other than printable ASCII "
+                            "(no spaces); make one with: python -c 'import secrets; print(secrets.token_urlsafe())'")
         if len(entry["key"]) < MIN_KEY_CHARS:
             raise UserError(f"--keys {path}: the key of {key_id} is shorter than {MIN_KEY_CHARS} characters; "
                             "make one with: python -c 'import secrets; print(secrets.token_urlsafe())'")
@@ -180,99 +197,90 @@ class TeacherService:
         return encode_npy(answers.cpu().numpy())
 
 
-class Handler(BaseHTTPRequestHandler):
-    """HTTP around TeacherService: one log line per request, never the key."""
-    protocol_version = "HTTP/1.1"  # keep-alive for clients that reuse a connection
-    timeout = 120  # seconds an idle connection may hold its thread
-    service: TeacherService = None  # set on the subclass that make_server builds
+class App:
+    """HTTP around TeacherService, as an ASGI app (Starlette's request and
+    response) for uvicorn: one log line per request, never the key. The body is
+    read whole before anything is decided, so a client gone before its last byte
+    is billed nothing; the model and the ledger run in worker threads."""
 
-    def do_GET(self):
-        self.handle_request(self.route_get)
+    def __init__(self, service: TeacherService):
+        self.service = service
 
-    def do_POST(self):
-        self.handle_request(self.route_post)
-
-    def handle_request(self, route):
-        start, who = time.perf_counter(), self.service.authenticate(self.headers.get("Authorization"))
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return  # no websockets; lifespan is off
+        request, start = Request(scope, receive), time.perf_counter()
+        who = self.service.authenticate(request.headers.get("authorization"))
         try:
-            reply = route(who)
+            reply = await (self.route_post(request, who) if request.method == "POST" else self.route_get(request, who))
+        except ClientDisconnect:  # gone before its whole body arrived: nothing was billed, nothing to answer
+            log.info("key=%s %s %s left before its body arrived; nothing billed", who[0] if who else "-",
+                     request.method, request.url.path)
+            return
         except Exception:  # the model or the disk failed: nothing was billed, a retry is safe
             log.exception("request failed")
             reply = error(500, "internal error; nothing was billed, try again")
-        log.info("key=%s %s %s status=%d images=%d ms=%.1f", who[0] if who else "-", self.command,
-                 urllib.parse.urlsplit(self.path).path, reply.status, reply.images,
+        log.info("key=%s %s %s status=%d images=%d ms=%.1f", who[0] if who else "-", request.method,
+                 request.url.path, reply.status, reply.images,
                  1000 * (time.perf_counter() - start))  # ms: until the answer is ready to send
-        self.send(reply)
+        await self.response(reply)(scope, receive, send)
 
-    def route_get(self, who) -> Reply:
-        url = urllib.parse.urlsplit(self.path)
+    async def route_get(self, request, who) -> Reply:
         if not who:
             return UNAUTHORIZED
-        if url.path != "/v1/usage":
-            return error(404, f"no such endpoint: GET {url.path}")
-        run_id = urllib.parse.parse_qs(url.query).get("run", [None])[0]
+        if request.method != "GET" or request.url.path != "/v1/usage":
+            return error(404, f"no such endpoint: {request.method} {request.url.path}")
+        run_id = request.query_params.get("run")
         if run_id is not None and not ID_PATTERN.fullmatch(run_id):
             return error(400, "run must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-        return self.service.usage(*who, run_id)
+        return await run_in_threadpool(self.service.usage, *who, run_id)
 
-    def route_post(self, who) -> Reply:
-        length = self.headers.get("Content-Length", "")
-        body = self.read_body(int(length)) if length.isdigit() else None  # read first, whatever the answer
+    async def route_post(self, request, who) -> Reply:
+        length = request.headers.get("content-length")
+        body = await self.read_body(request, length)  # read first, whatever the answer
         if not who:
             return UNAUTHORIZED
-        if self.path != "/v1/predict":
-            return error(404, f"no such endpoint: POST {self.path}")
-        request_id = self.headers.get("Idempotency-Key") or f"server-{uuid.uuid4().hex}"
-        run_id = self.headers.get("X-Run-Id", "")
+        if request.url.path != "/v1/predict":
+            return error(404, f"no such endpoint: POST {request.url.path}")
+        request_id = request.headers.get("idempotency-key") or f"server-{uuid.uuid4().hex}"
+        run_id = request.headers.get("x-run-id", "")
         if not ID_PATTERN.fullmatch(request_id) or (run_id and not ID_PATTERN.fullmatch(run_id)):
             return error(400, "Idempotency-Key and X-Run-Id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-        if not length.isdigit():
+        if length is None:
             return error(400, "send the batch as the body, with a Content-Length")
         if body is None:
             return error(400, self.service.batch_rule(f"this body has {length} bytes"))
-        return self.service.predict(*who, body, request_id, run_id)
+        return await run_in_threadpool(self.service.predict, *who, body, request_id, run_id)
 
-    def read_body(self, length: int):
-        """The request body, or None when it is over the size limit. Even a
-        refused body is read to its end (up to DRAIN_LIMIT), so that the client
-        gets to read the refusal instead of a reset connection."""
-        if length <= self.service.max_body:
-            return self.rfile.read(length)
-        if length > DRAIN_LIMIT:
-            return None  # send() closes the connection after any error
-        while length > 0:
-            chunk = self.rfile.read(min(length, 1 << 16))
-            length = length - len(chunk) if chunk else 0
-        return None
+    async def read_body(self, request, length):
+        """The whole request body, or None when it is over the size limit.
+        A refused body is still read to its end (up to DRAIN_LIMIT), so that the
+        client gets to read the refusal instead of a reset connection. Raises
+        ClientDisconnect if the client leaves (or is cut off by the request
+        deadline) before its last byte: a part of a body is never answered."""
+        if length is not None and int(length) > DRAIN_LIMIT:
+            return None  # the answer closes the connection
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= self.service.max_body:
+                chunks.append(chunk)
+        return b"".join(chunks) if size <= self.service.max_body else None
 
-    def send(self, reply: Reply):
-        if reply.status >= 400:
-            self.close_connection = True  # the request body may be left unread
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, str(value))
+    @staticmethod
+    def response(reply: Reply) -> Response:
+        headers = {name: str(value) for name, value in reply.headers.items() if name != "Content-Type"}
         if reply.status == 401:
-            self.send_header("WWW-Authenticate", "Bearer")
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def log_request(self, code="-", size="-"):
-        """handle_request logs each request its own way (key id, images, latency)."""
-
-    def log_message(self, format, *args):
-        log.warning(format, *args)  # what the base class still reports: malformed HTTP
+            headers["WWW-Authenticate"] = "Bearer"
+        if reply.status >= 400:
+            headers["Connection"] = "close"  # a refused client starts afresh
+        return Response(reply.body, reply.status, headers, media_type=reply.headers.get("Content-Type"))
 
 
-class TeacherHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True  # a hung connection never keeps the server from exiting
-    request_queue_size = 128  # clients connect at once; the default backlog of 5 would turn them away
-
-
-def make_server(service: TeacherService, host: str, port: int) -> ThreadingHTTPServer:
-    """A threaded HTTP server for `service`; port 0 picks a free port
+def make_server(service: TeacherService, host: str, port: int, limits: Limits = Limits()) -> TeacherServer:
+    """uvicorn serving `service` within `limits`; port 0 picks a free port
     (server.server_address[1] says which). Call serve_forever() to run it."""
-    return TeacherHTTPServer((host, port), type("BoundHandler", (Handler,), {"service": service}))
+    return TeacherServer(App(service), host, port, limits)
 
 
 def build_service(args) -> TeacherService:
@@ -281,33 +289,85 @@ def build_service(args) -> TeacherService:
         raise UserError("--max_batch must be at least 1")
     device = pick_device(args.device)
     if not os.path.isfile(args.model):
-        raise UserError(f"no model at {args.model}")
+        raise UserError(f"--model {args.model} is a folder; pass the model's file" if os.path.isdir(args.model)
+                        else f"no model at {args.model}")
     model, info = load_teacher(args.model, device, args.trust_teacher_code)
+    shape, classes = served_shape(args, info)
+    try_once(args.model, model, shape, classes, device)
+    return TeacherService(BlackBoxTeacher(model, mode=args.mode), shape, classes, info.test_acc, load_keys(args.keys), open_ledger(args.ledger),
+                          args.max_batch, device)
+
+
+def served_shape(args, info) -> tuple:
+    """(input shape, classes): the flags', which must agree with what the file says, else the file's."""
+    for flag, given, stated in (("input_shape", args.input_shape and tuple(args.input_shape), info.input_shape),
+                                ("classes", args.classes, info.classes)):
+        if given is not None and stated is not None and given != stated:
+            raise UserError(f"--{flag} {given}: {args.model} says {stated}; leave out --{flag}")
     shape, classes = args.input_shape or info.input_shape, args.classes or info.classes
     if shape is None or classes is None:
-        raise UserError(f"{args.model} does not say what it takes and answers (no meta.json); "
+        missing = " and ".join(n for n, v in (("input_shape", shape), ("classes", classes)) if v is None)
+        raise UserError(f"{args.model} does not say its {missing} (a checkpoint or a meta.json without it); "
                         "pass --input_shape C H W and --classes K")
-    return TeacherService(BlackBoxTeacher(model, mode=args.mode), shape, classes, info.test_acc,
-                          load_keys(args.keys), Ledger(args.ledger), args.max_batch, device)
+    if min(shape) < 1 or classes < 2:
+        raise UserError(f"--input_shape must be three sizes >= 1 and --classes at least 2, not {shape} and {classes}")
+    return tuple(shape), classes
+
+
+def try_once(path: str, model, shape: tuple, classes: int, device) -> None:
+    """Answer one blank image before serving, so a model that cannot take
+    `shape`, or answers other than `classes` classes, is refused at start
+    instead of answering every request 500."""
+    try:
+        answer = BlackBoxTeacher(model, mode="soft")(torch.zeros(1, *shape, device=device))
+    except Exception as err:  # noqa: BLE001 - any model's own error: the shape does not fit it
+        raise UserError(f"{path} cannot take one {'x'.join(map(str, shape))} image ({type(err).__name__}); "
+                        "check --input_shape") from None
+    if tuple(answer.shape) != (1, classes):
+        raise UserError(f"{path} answers {tuple(answer.shape)[1:]} outputs per image, not {classes} classes; "
+                        "check --classes")
+
+
+def open_ledger(path: str) -> Ledger:
+    try:
+        return Ledger(path)
+    except sqlite3.Error as err:  # a folder, a file that is not a database, no write permission
+        raise UserError(f"--ledger {path}: not a SQLite ledger this process can write ({err}); "
+                        "pass a new file name or a ledger the server wrote") from None
 
 
 def main(args):
+    limits = check_limits(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     service = build_service(args)
     try:
-        server = make_server(service, args.host, args.port)
+        server = make_server(service, args.host, args.port, limits)
     except OSError as err:  # a port in use, an address not on this machine
-        raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror}; choose another --port") from None
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}; "
+                        "choose another --port or --host") from None
     host, port = server.server_address[:2]
     print(f"serving a {service.teacher.mode}-label teacher ({'x'.join(map(str, service.input_shape))} -> "
-          f"{service.classes} classes) on http://{host}:{port}/v1/predict; ledger {args.ledger}", flush=True)
+          f"{service.classes} classes) on http://{host}:{port}/v1/predict with uvicorn; at most "
+          f"{limits.max_connections} connections, {limits.request_timeout:g} s per request; ledger {args.ledger}",
+          flush=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        run_blocking(server)
     finally:
-        server.server_close()
         service.ledger.close()
+
+
+def check_limits(args) -> Limits:
+    """The server's limits from the flags, refused in one line when they cannot hold."""
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0 to 65535 (0 picks a free port), not {args.port}")
+    if args.max_connections < 1:
+        raise UserError("--max_connections must be at least 1")
+    check_positive(args, "request_timeout", "keep_alive")
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and args.max_connections + FD_RESERVE > soft:
+        raise UserError(f"--max_connections {args.max_connections} needs {args.max_connections + FD_RESERVE} "
+                        f"open files and this process may open {soft}: lower it, or raise `ulimit -n`")
+    return Limits(args.max_connections, args.request_timeout, args.keep_alive)
 
 
 if __name__ == "__main__":

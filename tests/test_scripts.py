@@ -456,7 +456,7 @@ def test_diverged_student_is_one_line(workspace):
                                          "--method=noise"))
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line and not line.startswith("ideal:")]  # no bars
-    assert len(lines) == 1 and lines[0].startswith("error: the student diverged at epoch")
+    assert len(lines) == 1 and lines[0].startswith("error: the run diverged at epoch")
 
 
 def load_script(path):

@@ -25,6 +25,7 @@ import serve_teacher
 from models import build_model
 from test_scripts import ROOT, tiny_mnist
 from test_security import RunsCommand
+from utils.http_server import Limits
 from utils.pool import to_float
 from utils.remote import (NPY, RemoteBlackBox, RemoteBudgetExceeded, RemoteTeacherError, decode_npy,
                           encode_npy)
@@ -71,13 +72,14 @@ def files(tmp_path_factory):
 class Served:
     """A server on 127.0.0.1 in a thread; stop() shuts it and closes its ledger."""
 
-    def __init__(self, files, ledger, *flags, model="checkpoint"):
+    def __init__(self, files, ledger, *flags, model="checkpoint", limits=Limits()):
         args = serve_teacher.parse_args(["--model", files[model], "--keys", files["keys"], "--ledger", str(ledger),
                                          "--device", "cpu", "--max_batch", "64", *flags])
         self.service, self.ledger_path = serve_teacher.build_service(args), str(ledger)
-        self.server = serve_teacher.make_server(self.service, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.server = serve_teacher.make_server(self.service, "127.0.0.1", 0, limits)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def used(self, key_id):
         return self.service.ledger.used(key_id)
@@ -93,8 +95,9 @@ def serve(files, tmp_path):
     """serve(*flags, model=...) starts a server with a fresh ledger; all stop at teardown."""
     started = []
 
-    def start(*flags, model="checkpoint", ledger=None):
-        started.append(Served(files, ledger or tmp_path / f"ledger{len(started)}.sqlite3", *flags, model=model))
+    def start(*flags, model="checkpoint", ledger=None, limits=Limits()):
+        started.append(Served(files, ledger or tmp_path / f"ledger{len(started)}.sqlite3", *flags, model=model,
+                              limits=limits))
         return started[-1]
 
     yield start

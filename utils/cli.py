@@ -2,7 +2,6 @@
 and where a run lives. Each function adds its flags to an argparse group."""
 from datasets import DATASETS
 from models import MODELS
-from utils.run import UserError
 
 
 def add_models(group, teacher_help: str = "the teacher's architecture") -> None:
@@ -27,20 +26,6 @@ def add_run(group, kind: str) -> None:
     group.add_argument("--exp_name", default=None, help="run folder name (default: DATASET_NET_STUDENT)")
     group.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:1, ...")
     group.add_argument("--resume", action="store_true", help=f"continue the run in SAVE_DIR/{kind}/EXP_NAME")
-
-
-def check_ranges(args, at_least_one=(), positive=(), non_negative=()) -> None:
-    """One UserError line for the first flag out of its range. `not x > 0`
-    (and `not x >= 0`) refuse NaN as well as the values below."""
-    for name in at_least_one:
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1")
-    for name in positive:
-        if not getattr(args, name) > 0:
-            raise UserError(f"--{name} must be positive")
-    for name in non_negative:
-        if not getattr(args, name) >= 0:
-            raise UserError(f"--{name} must be >= 0")
 
 
 def name_the_run(args) -> None:

@@ -13,7 +13,7 @@ import time
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from utils.resume import JournaledTeacher, paid_queries, record_resume, refuse_changes, saved_settings
+from utils.resume import JournaledTeacher, billed_queries, paid_queries, record_resume, refuse_changes, saved_settings
 from utils.run import (amp_autocast, load_checkpoint, make_run_dir, pick_device, rng_state, save_args,
                        save_checkpoint, save_json, seed_everything, set_rng_state, single_process)
 
@@ -58,8 +58,8 @@ class Run:
         start = 0
         if self.resumed:
             start = max(self.paid, at_least)
-            if hasattr(teacher, "usage"):  # it never billed a batch it did not answer
-                start = teacher.usage()["run_used"]
+            if hasattr(teacher, "usage"):  # its bill, unless it lost the run: then the journal's count
+                start = billed_queries(self.dir, teacher.usage()["run_used"])
         self.teacher = JournaledTeacher(teacher, self.dir, start)
         return self.teacher
 

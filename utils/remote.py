@@ -96,6 +96,19 @@ def batch_digest(pixels: np.ndarray) -> str:
     return hashlib.sha256(repr(pixels.shape).encode() + np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
+def read_run_id(path: str) -> str:
+    """The run id in teacher_run.json; one line if the file is damaged."""
+    try:
+        with open(path) as f:
+            run_id = json.load(f)["run_id"]
+    except (OSError, ValueError, TypeError, KeyError):
+        run_id = None
+    if not isinstance(run_id, str) or not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", run_id):
+        raise UserError(f"--resume: {path} is damaged (it must hold the run's \"run_id\"); restore it from a "
+                        "backup, or start a new run with another --exp_name")
+    return run_id
+
+
 class RefuseRedirects(urllib.request.HTTPRedirectHandler):
     """urllib would follow a 3xx and send the Authorization header (the API key)
     to wherever it points; a teacher API has no reason to redirect, so a 3xx is
@@ -137,11 +150,16 @@ class RemoteBlackBox:
 
     def bind_run(self, run_dir: str) -> None:
         """Take the run's id from its folder (the run's first bind_run writes
-        it there), so that a resumed run sends the request ids of the run it continues."""
+        it there), so that a resumed run sends the request ids of the run it
+        continues. A folder that holds a run (last.pt) but no id is refused: a
+        new id would make the provider bill this run afresh, past its budget."""
         path = os.path.join(run_dir, RUN_FILE)
         if os.path.isfile(path):
-            with open(path) as f:
-                self.run_id = json.load(f)["run_id"]
+            self.run_id = read_run_id(path)
+        elif os.path.isfile(os.path.join(run_dir, "last.pt")):
+            raise UserError(f"--resume: {path} is missing: it names this run to the teacher's provider, whose bill "
+                            "for the run is its query count; restore the file (or start a new run with another "
+                            "--exp_name)")
         else:
             save_json({"url": self.url, "run_id": self.run_id}, path)
 
@@ -176,7 +194,9 @@ class RemoteBlackBox:
                                             "Content-Type": NPY})
         self._raise_for(status, body)
         self._asked[digest] = self._asked.get(digest, 0) + 1
-        self.queries = int(headers["X-Run-Queries"])
+        billed = 0 if headers["X-Replayed"] == "1" else len(pixels)
+        # the server's bill for the run, unless a resume set a higher floor (billed_queries)
+        self.queries = max(int(headers["X-Run-Queries"]), self.queries + billed)
         left = headers["X-Queries-Remaining"]
         self._server_remaining = math.inf if left == "unlimited" else int(left)
         answers = decode_npy(body)
@@ -222,13 +242,28 @@ class RemoteBlackBox:
                                  f"(last: {failure}); nothing was billed twice: run again (--resume) to go on")
 
 
+def check_url(url: str) -> None:
+    """--teacher_url must be http(s)://HOST[:PORT][/PATH]: one line otherwise."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # a port that is not a number raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise UserError(f"--teacher_url {url}: not a teacher URL; give http://HOST:PORT as serve_teacher.py prints it")
+
+
 def connect_teacher(url: str, dataset_shape: tuple, classes: int, mode: str, budget: int):
     """The black box for ideal.py's --teacher_url, with the key from $IDEAL_TEACHER_KEY.
     Checks that the served teacher takes this dataset and answers in `mode`.
     Returns (RemoteBlackBox, teacher's test accuracy in % as the server states it, NaN if not)."""
+    check_url(url)
     key = os.environ.get(KEY_ENV)
     if not key:
         raise UserError(f"--teacher_url needs the API key in the environment: export {KEY_ENV}=...")
+    if not re.fullmatch(r"[!-~]+", key):  # what an HTTP header carries intact; never echo the key itself
+        raise UserError(f"${KEY_ENV} holds characters an API key cannot have (only printable ASCII, no spaces or "
+                        "newlines): set it to the key exactly as the provider gave it")
     teacher = RemoteBlackBox(url, key, budget=budget)
     if teacher.mode != mode:
         raise UserError(f"the teacher at {url} answers {teacher.mode} labels (the provider's choice); "

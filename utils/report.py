@@ -31,3 +31,11 @@ def newest_per_step(scalars) -> dict:
     """{step: value} of TensorBoard scalar events. A step logged twice (the epoch
     a kill interrupted, logged again by the resume) keeps its newer value."""
     return {e.step: e.value for e in sorted(scalars, key=lambda e: e.wall_time)}
+
+
+def budget_spent(query_budget: int, queries: int) -> str:
+    """Whose budget ran out: the run's own --query_budget, or (no cap of its
+    own, or one not yet reached) the provider's budget for the API key."""
+    if query_budget and queries >= query_budget:
+        return f"query budget of {query_budget:,} spent"
+    return f"the teacher's provider has no budget left for this API key ({queries:,} queries by this run)"

@@ -44,17 +44,46 @@ class JournaledTeacher:
 
     def __call__(self, images):
         if len(images) <= self.teacher.remaining:  # a refused batch is never paid
-            save_json({"queries": self.teacher.queries + len(images)}, self.path)
+            save_json({"queries": self.teacher.queries + len(images), "asking": len(images)}, self.path)
         return self.teacher(images)
+
+
+def read_queries_file(run_dir: str) -> dict:
+    """queries.json as written by JournaledTeacher ({} if the run never asked);
+    a damaged one is refused in one line, since the count is what the run owes."""
+    path = os.path.join(run_dir, QUERIES_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            journal = json.load(f)
+        int(journal["queries"]), int(journal.get("asking", 0))
+    except (OSError, ValueError, TypeError, KeyError):
+        raise UserError(f"--resume: {path} is damaged, and it holds the count of queries this run paid for; "
+                        'restore it, or write {"queries": N} with N the queries billed so far') from None
+    return journal
 
 
 def paid_queries(run_dir: str) -> int:
     """The write-ahead count of queries.json (0 if the run never asked)."""
-    path = os.path.join(run_dir, QUERIES_FILE)
-    if not os.path.isfile(path):
-        return 0
-    with open(path) as f:
-        return json.load(f)["queries"]
+    return read_queries_file(run_dir).get("queries", 0)
+
+
+def settled_queries(run_dir: str) -> int:
+    """The write-ahead count less the call it was written for: queries the
+    teacher surely answered. The call itself may have died before it was sent."""
+    journal = read_queries_file(run_dir)
+    return journal.get("queries", 0) - journal.get("asking", 0)
+
+
+def billed_queries(run_dir: str, provider_run_bill: int) -> int:
+    """A remote run's count on resume. The provider's bill for this run id is
+    exact when it covers what the run surely paid (the last call billed or not);
+    below that, the provider has lost the run (another ledger, another run id),
+    and the write-ahead count, the larger, is the count, so the budget holds."""
+    if provider_run_bill >= settled_queries(run_dir):
+        return provider_run_bill
+    return max(provider_run_bill, paid_queries(run_dir))
 
 
 def save_labelled(run_dir: str, epoch: int, images, answers, g_losses, queries: int,
@@ -114,7 +143,13 @@ def record_resume(run_dir: str, saved: dict, args, **where) -> None:
     path = os.path.join(run_dir, RESUMES_FILE)
     history = []
     if os.path.isfile(path):
-        with open(path) as f:
-            history = json.load(f)
+        try:
+            with open(path) as f:
+                history = json.load(f)
+        except ValueError:
+            history = None
+        if not isinstance(history, list):  # a record, not a count: kept aside, the run goes on
+            os.replace(path, path + ".damaged")
+            history = [{"damaged": f"{RESUMES_FILE} could not be read; it is kept as {RESUMES_FILE}.damaged"}]
     history.append({"time": datetime.datetime.now().isoformat(timespec="seconds"), **where, "changed": changed})
     save_json(history, path)

@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import sys
+import zipfile
 
 import numpy as np
 import torch
@@ -102,12 +103,49 @@ def save_checkpoint(obj, path: str) -> None:
         torch.save(obj, f)
 
 
+# What to do about a damaged file, by its name in a run folder (a teacher or anything else: the default).
+REMEDIES = {
+    "last.pt": "the run cannot resume from it: restore it from a backup, or start a new run",
+    "best.pt": "it holds only the best student so far: remove it and resume (best_acc restarts from the resume)",
+    "labelled.pt": "it holds the batch labelled after last.pt: remove it and resume; the teacher is asked for "
+                   "that batch again, and paid again",
+}
+DEFAULT_REMEDY = "restore the file, or make it again (a teacher: pretrain.py)"
+
+
+def remedy(path: str) -> str:
+    return REMEDIES.get(os.path.basename(path), DEFAULT_REMEDY)
+
+
+def check_intact(path: str) -> None:
+    """Refuse a damaged checkpoint before torch reads it. torch.save writes a
+    zip with a CRC-32 of every entry, which torch.load never checks: a file
+    with flipped bits loads silently, with other weights. testzip() checks them."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            legacy = f.read(1) == b"\x80"  # torch.save's format before zips: a pickle
+        if not legacy:
+            raise UserError(f"not a readable checkpoint (empty, truncated, or another kind of file): {path} is "
+                            f"neither a whole torch.save zip nor a pickle; {remedy(path)}")
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        damaged = f"its zip directory ({type(err).__name__})"
+    if damaged:
+        raise UserError(f"damaged checkpoint: {path} fails its checksum at {damaged} (a disk, copy or transfer "
+                        f"error); {remedy(path)}")
+
+
 def load_checkpoint(path: str, device) -> dict:
     """torch.load with weights_only=True: tensors, dicts, lists and numbers only.
     A full unpickle would run whatever code a crafted file names (a teacher
-    passed around, a tampered last.pt); this refuses such a file instead."""
+    passed around, a tampered last.pt); this refuses such a file instead.
+    Every entry's checksum is checked first (check_intact)."""
     if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at {path}")
+        raise UserError(f"no checkpoint at {path}" + (" (a folder)" if os.path.isdir(path) else ""))
+    check_intact(path)
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -118,7 +156,7 @@ def load_checkpoint(path: str, device) -> dict:
                         "(start a new run)") from None
     except Exception as err:  # noqa: BLE001 - random bytes reach the unpickler as IndexError, KeyError, ...
         raise UserError(f"not a readable checkpoint (empty, truncated or corrupt): {path} "
-                        f"({type(err).__name__})") from None
+                        f"({type(err).__name__}); {remedy(path)}") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"not a checkpoint of this project (a {type(ckpt).__name__}, not a dict): {path}")
     return ckpt

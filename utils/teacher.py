@@ -183,6 +183,9 @@ def load_blackbox_teacher(path: str, dataset: str, net: str, mode: str, budget: 
     student's default). `autocast`: what the teacher's forward passes run
     under (utils.run.amp_autocast). Returns (black box, teacher's test
     accuracy in % as its trainer measured it; NaN if the file does not say)."""
+    if os.path.isdir(path):
+        raise UserError(f"--teacher_ckpt {path} is a folder; pass the teacher's file (pretrain.py writes "
+                        f"{default_teacher_path('SAVE_DIR', dataset, net)})")
     if not os.path.isfile(path):
         raise UserError(f"no teacher at {path}; train one first: "
                         f"python pretrain.py --dataset={dataset} --net={net}")
