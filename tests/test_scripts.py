@@ -414,12 +414,12 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--lr=-0.1", "--lr must be positive"), ("--lr_g=-1e-3", "--lr_g must be positive"),
-    ("--lr=nan", "--lr must be positive"), ("--momentum=-0.9", "--momentum must be >= 0"),
-    ("--weight_decay=-5e-4", "--weight_decay must be >= 0"), ("--ngf=0", "--ngf must be at least 1"),
+    ("--lr=-0.1", "--lr must be a finite number > 0"), ("--lr_g=-1e-3", "--lr_g must be a finite number > 0"),
+    ("--lr=nan", "--lr must be a finite number > 0"), ("--momentum=-0.9", "--momentum must be a finite number >= 0"),
+    ("--weight_decay=-5e-4", "--weight_decay must be a finite number >= 0"), ("--ngf=0", "--ngf must be at least 1"),
     ("--ngf=-4", "--ngf must be at least 1"), ("--nz=0", "--nz must be at least 1"),
-    ("--g_steps=0", "--g_steps must be at least 1"), ("--query_budget=-1", "--query_budget must be >= 0"),
-    ("--distill_epochs=-1", "--distill_epochs must be >= 0"), ("--candidates=0", "--candidates must be at least 1"),
+    ("--g_steps=0", "--g_steps must be at least 1"), ("--query_budget=-1", "--query_budget must be a finite number >= 0"),
+    ("--distill_epochs=-1", "--distill_epochs must be a finite number >= 0"), ("--candidates=0", "--candidates must be at least 1"),
     ("--method=noise --candidates=2", "--method=noise has none to shape"),
     ("--method=random_generator --warm_generator", "--method=random_generator has none to shape"),
     ("--prior_share=1", "--prior_share must be in"), ("--prior_share=nan", "--prior_share must be in")])

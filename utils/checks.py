@@ -147,10 +147,10 @@ def check_ranges(args, at_least_one=(), positive=(), non_negative=()) -> None:
             raise UserError(f"--{name} must be at least 1")
     for name in positive:
         if not getattr(args, name) > 0:
-            raise UserError(f"--{name} must be positive")
+            raise UserError(f"--{name} must be a finite number > 0, not {getattr(args, name)}")
     for name in non_negative:
         if not getattr(args, name) >= 0:
-            raise UserError(f"--{name} must be >= 0")
+            raise UserError(f"--{name} must be a finite number >= 0, not {getattr(args, name)}")
 
 
 
