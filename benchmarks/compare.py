@@ -168,7 +168,11 @@ def parse_args(argv=None):
     p.add_argument("--data_dir", default="data")
     p.add_argument("--out", default="benchmarks/results", help="where compare.md/.json/.png go")
     p.add_argument("--report_only", action="store_true", help="run nothing; report the finished runs")
-    args = p.parse_args(argv)
+    return check_args(p, p.parse_args(argv))
+
+
+def check_args(p, args):
+    """Split the lists; refuse unknown names and flags no run could honour (p.error: one line)."""
     args.methods = args.methods.split(",")
     args.datasets = args.datasets.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]

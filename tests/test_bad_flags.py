@@ -1,6 +1,6 @@
 """Issue 21, points 5 and 6: bad command lines end in one line, never a
 traceback, and no bad value is accepted. One test per group of the issue's
-sweep; benchmarks/bad_flags.py is the sweep itself (every 10th case here)."""
+sweep; tests/bad_flags.py is the sweep itself (every 10th case here)."""
 import json
 import os
 
@@ -15,7 +15,7 @@ from utils.run import UserError
 
 
 def test_the_sweep_has_no_traceback_and_accepts_nothing():
-    sweep = load_script("benchmarks/bad_flags.py").sweep(every=10)
+    sweep = load_script("tests/bad_flags.py").sweep(every=10)
     assert sum(sum(c.values()) for c in sweep["counts"].values()) >= 15
     assert sweep["wrong"] == []
 

@@ -256,7 +256,7 @@ def test_ray_backend_gives_the_local_table(sweep, tmp_path, monkeypatch):
     assert list(failures) == ["mnist-random_generator-s1"]
     report = failures["mnist-random_generator-s1"]
     assert "exit 2" in report and "--exp_name=mnist-random_generator-s1" in report and "--resume" in report
-    assert "not a checkpoint that can be loaded safely" in report.split("last line: ")[1]
+    assert "not a readable checkpoint" in report.split("last line: ")[1]
 
     ours = json.load(open(tmp_path / "compare.json"))["runs"]
     assert {(r["method"], r["seed"]) for r in ours} == {("noise", 1), ("ideal_cpu", 1)}
