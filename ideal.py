@@ -60,7 +60,8 @@ def parse_args(argv=None):
                              "generator, never trained); noise (uniform pixels); prior (DIP-KD's procedural image "
                              "priors); prior_pixels (IDEAL's generator step on the pixels of image priors)")
     beyond.add_argument("--prior_share", type=float, default=0.0,
-                        help="with --method=ideal: this share of every batch is image priors, not generator images")
+                        help="with --method=ideal: this share of every batch (of the candidates, with --candidates) "
+                             "is image priors, not generator images")
     beyond.add_argument("--warm_generator", action="store_true",
                         help="keep the generator and its Adam state from epoch to epoch, not re-initialised")
     beyond.add_argument("--candidates", type=int, default=1,

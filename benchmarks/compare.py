@@ -79,6 +79,9 @@ METHODS = {
                          about="IDEAL, --preset=best (configs/best.json: the CPU preset, warm generator on MNIST)"),
     "ideal_best_prior": Method("ideal.py", ("--method=ideal", "--preset=best", "--prior_share=0.5"),
                                about="IDEAL, --preset=best, half of every batch DIP-KD image priors (a lever)"),
+    "ideal_best_prior_k2": Method("ideal.py", ("--method=ideal", "--preset=best", "--prior_share=0.5", "--candidates=2"),
+                                  about="IDEAL, --preset=best, B generator images and B image priors as candidates, "
+                                        "the B the student is least sure of labelled (levers)"),
     "prior_pixels": Method("ideal.py", ("--method=prior_pixels", "--preset=cpu", "--lr_g=0.1"),
                            about="IDEAL's generator step on the pixels of DIP-KD image priors (g_steps 10, "
                                  "Adam lr 0.1 on pixel logits)"),

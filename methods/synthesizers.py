@@ -208,14 +208,25 @@ class PriorPixelSynthesizer(Stateless):
 
 class MixedSynthesizer:
     """The batches of several synthesizers, one after the other, as one batch;
-    the generator losses are the first part's. Its state is its parts'."""
+    the generator losses are the first part's. Its state is its parts'.
 
-    def __init__(self, *parts):
-        self.parts = parts
+    keep=B (with classes): the parts are candidates, and only the B the student
+    is least sure of are returned (see least_sure), balanced over classes: the
+    first part's images by the generator's balanced targets, the others' by the
+    student's own prediction. No query is made for the ones left out."""
+
+    def __init__(self, *parts, keep: int = 0, classes: int = 0):
+        self.parts, self.keep, self.classes = parts, keep, classes
 
     def synthesize(self, student):
         made = [part.synthesize(student) for part in self.parts]
-        return torch.cat([x for x, _ in made]), made[0][1]
+        x = torch.cat([x for x, _ in made])
+        if self.keep:
+            with frozen(student), torch.no_grad():
+                guessed = [student(x).argmax(1) for x, _ in made[1:]]
+            targets = torch.cat([balanced_targets(len(made[0][0]), self.classes, x.device), *guessed])
+            x = x[least_sure(student, x, targets, self.keep, self.classes)]
+        return x, made[0][1]
 
     def state_dict(self):
         return [part.state_dict() for part in self.parts]
@@ -232,9 +243,14 @@ def build_synthesizer(name: str, shape: tuple, classes: int, device, prior_share
     """The synthesizer registered as `name`, given the constructor arguments it
     names: shape (C, H, W), classes, device, a fresh Generator(nz, ngf) if it
     takes one, and any of `settings` (batch_size, nz, g_steps, lr_g, ...).
-    prior_share: that share of every batch is image priors instead."""
+    prior_share: that share of every batch is image priors instead; with
+    candidates=K > 1, that share of the K*B candidates, of which the B the
+    student is least sure of are kept (MixedSynthesizer's keep)."""
     if name not in SYNTHESIZERS:
         raise UserError(f"unknown method '{name}'; known: {', '.join(sorted(SYNTHESIZERS))}")
+    batch, pick = settings["batch_size"], prior_share and settings.get("candidates", 1) > 1
+    if pick:  # the generator makes its share of the candidates and selects nothing itself
+        settings = {**settings, "batch_size": batch * settings["candidates"], "candidates": 1}
     n_prior = round(settings["batch_size"] * prior_share)
     given = {**settings, "batch_size": settings["batch_size"] - n_prior, "shape": shape, "classes": classes,
              "device": device}
@@ -242,4 +258,6 @@ def build_synthesizer(name: str, shape: tuple, classes: int, device, prior_share
     if "generator" in wanted:  # built only where used: its initialisation draws random numbers
         given["generator"] = to_device(Generator(settings["nz"], settings["ngf"], shape[0], shape[1]), device)
     made = SYNTHESIZERS[name](**{key: value for key, value in given.items() if key in wanted})
-    return MixedSynthesizer(made, PriorSynthesizer(n_prior, shape, device)) if n_prior else made
+    if not n_prior:
+        return made
+    return MixedSynthesizer(made, PriorSynthesizer(n_prior, shape, device), keep=batch if pick else 0, classes=classes)

@@ -119,3 +119,24 @@ def test_a_resumed_prior_run_equals_an_uninterrupted_one(workspace, monkeypatch,
     assert torch.equal(a["pool"]["images"], b["pool"]["images"])
     assert torch.equal(a["pool"]["answers"], b["pool"]["answers"])
     assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
+
+
+def test_prior_candidates_beside_the_generator_keep_the_batch_least_sure():
+    """--candidates=2 --prior_share=0.5: B generator images and B priors compete,
+    and B of them are kept, balanced over classes; the generator selects nothing itself."""
+    from methods.synthesizers import MixedSynthesizer, build_synthesizer
+    from models import build_model
+    torch.manual_seed(0)
+    synthesizer = build_synthesizer("ideal", (1, 28, 28), 10, "cpu", prior_share=0.5, batch_size=20, nz=8, ngf=4,
+                                    g_steps=1, candidates=2)
+    assert isinstance(synthesizer, MixedSynthesizer) and synthesizer.keep == 20
+    ideal_part, prior_part = synthesizer.parts
+    assert (ideal_part.batch_size, ideal_part.candidates, prior_part.batch_size) == (20, 1, 20)
+    x, losses = synthesizer.synthesize(build_model("lenet", 1, 28, 10))
+    assert x.shape == (20, 1, 28, 28) and set(losses) == {"loss", "ce", "info"}
+
+
+def test_prior_candidates_make_one_query_per_stored_image(workspace):  # noqa: F811
+    summary, _ = run_ideal(workspace, "--epochs=3", "--query_budget=25", "--candidates=2", "--prior_share=0.5",
+                           "--exp_name=prior_candidates")
+    assert summary["queries"] == summary["samples"] == 25
