@@ -129,13 +129,27 @@ def resolve_args(args):
                             else spec.label_safe_augment)
     check_ranges(args, at_least_one=("epochs", "batch_size", "pool_batches", "g_steps", "nz", "ngf", "candidates"),
                  positive=("lr", "lr_g"), non_negative=("momentum", "weight_decay", "query_budget", "distill_epochs"))
-    if not 0 <= args.prior_share < 1:
-        raise UserError("--prior_share must be in [0, 1) (0 = off)")
+    check_prior_share(args)
     check_flags(args, args.batch_size * args.candidates)  # finite floats, names, sizes, memory
     if args.method != "ideal" and (args.candidates > 1 or args.warm_generator or args.prior_share):
         raise UserError(f"--candidates, --warm_generator and --prior_share shape IDEAL's batch; "
                         f"--method={args.method} has none to shape (use --method=ideal)")
     return args
+
+
+def check_prior_share(args):
+    """A share that gives no prior image, leaves the generator none, or (with
+    --candidates=K) leaves it fewer than the batch to fill every class's quota."""
+    if not 0 <= args.prior_share < 1:
+        raise UserError("--prior_share must be in [0, 1) (0 = off)")
+    made = args.batch_size * args.candidates
+    priors = round(made * args.prior_share)
+    if args.prior_share and not 0 < priors < made:
+        raise UserError(f"--prior_share={args.prior_share} gives {priors} of {made} images per epoch to the prior; "
+                        "choose a share that leaves both some")
+    if priors and args.candidates > 1 and made - priors < args.batch_size:
+        raise UserError(f"--prior_share above 1 - 1/K = {1 - 1 / args.candidates:.2f} with --candidates="
+                        f"{args.candidates} leaves the generator fewer than --batch_size images to choose from")
 
 
 # The settings that make a run what it is. A resume that changed one would mix

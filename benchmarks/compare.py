@@ -98,7 +98,8 @@ METHODS = {
 # paper's settings, unless a method above has that name or is exactly that (ideal_paper is "ideal").
 for _name, _cls in SYNTHESIZERS.items():
     if _name not in METHODS and not any(m.flags == (f"--method={_name}",) for m in METHODS.values()):
-        METHODS[_name] = Method("ideal.py", (f"--method={_name}",), about=(_cls.__doc__ or _name).split(".")[0].strip())
+        METHODS[_name] = Method("ideal.py", (f"--method={_name}",),
+                                about=" ".join((_cls.__doc__ or _name).split("\n\n")[0].split()))
 DEFAULT_METHODS = ("ideal_cpu", "ideal_cpu_warm", "noise", "random_generator", "ideal_paper", "dfme")
 BUDGETS = {"mnist": (5000, 10000, 25000), "fmnist": (5000, 10000, 25000, 50000)}
 

@@ -36,7 +36,6 @@ def register(name: str):
     return add
 
 
-
 @register("ideal")
 class IdealSynthesizer:
     """A freshly initialised generator, trained for g_steps Adam steps so that
@@ -248,9 +247,10 @@ def build_synthesizer(name: str, shape: tuple, classes: int, device, prior_share
     student is least sure of are kept (MixedSynthesizer's keep)."""
     if name not in SYNTHESIZERS:
         raise UserError(f"unknown method '{name}'; known: {', '.join(sorted(SYNTHESIZERS))}")
-    batch, pick = settings["batch_size"], prior_share and settings.get("candidates", 1) > 1
+    batch, k = settings["batch_size"], settings.get("candidates", 1)
+    pick = k > 1 and round(batch * k * prior_share) > 0
     if pick:  # the generator makes its share of the candidates and selects nothing itself
-        settings = {**settings, "batch_size": batch * settings["candidates"], "candidates": 1}
+        settings = {**settings, "batch_size": batch * k, "candidates": 1}
     n_prior = round(settings["batch_size"] * prior_share)
     given = {**settings, "batch_size": settings["batch_size"] - n_prior, "shape": shape, "classes": classes,
              "device": device}

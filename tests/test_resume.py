@@ -20,7 +20,7 @@ import utils.experiment as experiment
 from test_scripts import ROOT, run_ideal, workspace  # noqa: F401 (workspace is a fixture)
 from utils.blackbox import BlackBoxTeacher
 from utils.resume import refuse_changes
-from utils.run import UserError, load_checkpoint
+from utils.run import UserError, load_checkpoint, save_checkpoint
 
 FLAGS = ("--epochs=3", "--query_budget=25")  # batches of 10: the third epoch gets 5
 
@@ -306,3 +306,18 @@ def test_resume_refuses_a_replaced_teacher_file(workspace, tmp_path):  # noqa: F
     torch.save({**ckpt, "test_acc": ckpt["test_acc"] + 1}, teacher)
     with pytest.raises(UserError, match="is not the one this run began with"):
         run_ideal(workspace, "--epochs=2", f"--teacher_ckpt={teacher}", "--exp_name=replaced", "--resume")
+
+
+def test_a_run_made_with_a_removed_setting_is_refused(workspace, monkeypatch):  # noqa: F811
+    """A run whose saved settings hold a flag this version no longer has, set to
+    anything but off, cannot be resumed here: the setting would be dropped silently."""
+    _, run_dir = run_ideal(workspace, "--epochs=1", "--exp_name=removed_lever")
+    path = os.path.join(run_dir, "last.pt")
+    ckpt = load_checkpoint(path, "cpu")
+    for value, refused in ((0.0, False), (1, False), ("constant", False), (0.5, True), (1.0, True), ("cosine", True)):
+        save_checkpoint({**ckpt, "config": {**ckpt["config"], "old_lever": value}}, path)
+        if refused:
+            with pytest.raises(UserError, match="--old_lever=.*no longer has"):
+                run_ideal(workspace, "--epochs=1", "--exp_name=removed_lever", "--resume")
+        else:
+            run_ideal(workspace, "--epochs=1", "--exp_name=removed_lever", "--resume")

@@ -422,7 +422,9 @@ def test_cli_errors_are_one_line(tmp_path):
     ("--distill_epochs=-1", "--distill_epochs must be a finite number >= 0"), ("--candidates=0", "--candidates must be at least 1"),
     ("--method=noise --candidates=2", "--method=noise has none to shape"),
     ("--method=random_generator --warm_generator", "--method=random_generator has none to shape"),
-    ("--prior_share=1", "--prior_share must be in"), ("--prior_share=nan", "--prior_share must be in")])
+    ("--prior_share=1", "--prior_share must be in"), ("--prior_share=nan", "--prior_share must be in"),
+    ("--prior_share=0.001", "gives 0 of 250 images"), ("--prior_share=0.999", "gives 250 of 250 images"),
+    ("--candidates=2 --prior_share=0.8", "leaves the generator fewer than --batch_size")])
 def test_ideal_refuses_impossible_flags(flag, message):
     with pytest.raises(UserError, match=message):
         ideal.parse_args(flag.split())

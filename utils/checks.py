@@ -153,7 +153,6 @@ def check_ranges(args, at_least_one=(), positive=(), non_negative=()) -> None:
             raise UserError(f"--{name} must be a finite number >= 0, not {getattr(args, name)}")
 
 
-
 def check_flags(args, generator_batch: int) -> None:
     """What ideal.py and dfme.py check alike before any work: check_common;
     both nets fit the dataset's image size; the generator's largest tensors at

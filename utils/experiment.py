@@ -14,8 +14,24 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from utils.resume import JournaledTeacher, billed_queries, paid_queries, record_resume, refuse_changes, saved_settings
-from utils.run import (amp_autocast, load_checkpoint, make_run_dir, pick_device, rng_state, save_args,
+from utils.run import (UserError, amp_autocast, load_checkpoint, make_run_dir, pick_device, rng_state, save_args,
                        save_checkpoint, save_json, seed_everything, set_rng_state, single_process)
+
+
+def neutral(value) -> bool:
+    """The values a removed setting took when it was off: none, 0, off, the
+    constant schedule, or a count of one (an int: a float 1.0 was a real setting)."""
+    return value is None or value is False or value == 0 or value == "constant" or (type(value) is int and value == 1)
+
+
+def refuse_unknown(saved: dict, args) -> None:
+    """Refuse a run whose settings name a flag this version no longer has, set
+    to anything but its neutral value: resuming it here would silently drop it."""
+    for key, value in saved.items():
+        if not hasattr(args, key) and key != "threads" and not neutral(value):
+            raise UserError(f"--resume: this run was made with --{key}={value}, a setting this version no longer "
+                            "has (docs/RESULTS.md, levers removed); resume it with the commit that made it, or start "
+                            "a new run")
 
 
 class Run:
@@ -37,6 +53,7 @@ class Run:
             self.saved = saved_settings(self.ckpt, self.dir)
             self.paid = max(self.ckpt.pop("queries"), paid_queries(self.dir))  # the write-ahead count covers a kill
             refuse_changes(self.saved, args, defining)
+            refuse_unknown(self.saved, args)
             if check is not None:
                 check(args, self.saved, self.ckpt, self.paid)
         seed_everything(args.seed)
