@@ -58,7 +58,7 @@ def parse_args(argv=None):
     beyond.add_argument("--method", default="ideal", choices=sorted(SYNTHESIZERS),
                         help="where each epoch's images come from: ideal (the paper); random_generator (IDEAL's "
                              "generator, never trained); noise (uniform pixels); prior (DIP-KD's procedural image "
-                             "priors); prior_pixels (IDEAL's generator step on the pixels of image priors)")
+                             "priors)")
     beyond.add_argument("--prior_share", type=float, default=0.0,
                         help="with --method=ideal: this share of every batch (of the candidates, with --candidates) "
                              "is image priors, not generator images")

@@ -82,9 +82,6 @@ METHODS = {
     "ideal_best_prior_k2": Method("ideal.py", ("--method=ideal", "--preset=best", "--prior_share=0.5", "--candidates=2"),
                                   about="IDEAL, --preset=best, B generator images and B image priors as candidates, "
                                         "the B the student is least sure of labelled (levers)"),
-    "prior_pixels": Method("ideal.py", ("--method=prior_pixels", "--preset=cpu", "--lr_g=0.1"),
-                           about="IDEAL's generator step on the pixels of DIP-KD image priors (g_steps 10, "
-                                 "Adam lr 0.1 on pixel logits)"),
     # The literature's baselines as DIP-KD trains its students: every image labelled, then 100
     # epochs at a constant lr 0.01 with random shifts (their appendix; here the 100 epochs follow
     # IDEAL's loop of B images an epoch, and the student sees 28x28 images, not 32x32)

@@ -8,8 +8,6 @@ generator losses as {"loss", "ce", "info"} or None).
   ablation of what IDEAL's zero-query generator training buys.
 - NoiseSynthesizer: uniform noise, the naive baseline of the literature.
 - PriorSynthesizer (methods/priors.py): DIP-KD's procedural image priors.
-- PriorPixelSynthesizer: IDEAL's step 1 with the generator replaced by the
-  pixels of a batch of image priors, trained against the student from there.
 - MixedSynthesizer: one batch made of the batches of several synthesizers.
 """
 import inspect
@@ -168,41 +166,6 @@ class NoiseSynthesizer(Stateless):
 
     def synthesize(self, student=None):
         return torch.rand(self.batch_size, *self.shape, device=self.device), None
-
-
-@register("prior_pixels")
-class PriorPixelSynthesizer(Stateless):
-    """IDEAL's generator step, started from the prior: the batch's pixels
-    (as logits, so they stay in [0, 1]) begin as DIP-KD image priors and take
-    g_steps Adam steps (rate lr_g) on IDEAL's loss against the frozen student;
-    the batch of the lowest-loss step is returned, as in IdealSynthesizer."""
-
-    def __init__(self, batch_size: int, shape: tuple, classes: int, device, g_steps: int = 10, lr_g: float = 0.1,
-                 lambda_info: float = 5.0, augment: str = "crop+flip", autocast=nullcontext):
-        self.prior = PriorSynthesizer(batch_size, shape, device)
-        self.classes, self.g_steps, self.lr, self.lambda_info = classes, g_steps, lr_g, lambda_info
-        self.autocast, self.augment = autocast, build_augment(augment)
-
-    def synthesize(self, student):
-        x0 = self.prior.sample(self.prior.batch_size)
-        logits = torch.logit(x0.clamp(1e-3, 1 - 1e-3)).requires_grad_(True)
-        optimizer = torch.optim.Adam([logits], lr=self.lr, betas=(0.5, 0.999))
-        targets = balanced_targets(len(x0), self.classes, x0.device)
-        best_loss, best = math.inf, None
-        with frozen(student):
-            for _ in range(self.g_steps):
-                x = logits.sigmoid()
-                with self.autocast():
-                    loss, ce, info = generator_loss(student(self.augment(x)), targets, self.lambda_info)
-                if loss.item() < best_loss:  # compared before the step, as in IdealSynthesizer
-                    best_loss, best = loss.item(), (x.detach().float(), ce.item(), info.item())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        if best is None:
-            raise UserError("the loss on the prior's pixels was not finite at any step; no query was made")
-        x, ce, info = best
-        return x, {"loss": best_loss, "ce": ce, "info": info}
 
 
 class MixedSynthesizer:

@@ -79,7 +79,7 @@ def test_nonlinear_transform_crops_to_size_and_keeps_the_range():
     assert torch.allclose(still, x, atol=1e-5)  # no rotation, no warp, nothing to crop: the identity
 
 
-@pytest.mark.parametrize("flags", [("--method=prior",), ("--method=prior_pixels", "--lr_g=0.1"),
+@pytest.mark.parametrize("flags", [("--method=prior",),
                                    ("--method=ideal", "--prior_share=0.5")])
 def test_prior_methods_make_one_query_per_stored_image(workspace, flags):  # noqa: F811
     name = "prior_" + "".join(c for c in "".join(flags) if c.isalnum())
