@@ -554,7 +554,8 @@ def plot(records, dataset, path):
             if r["unfinished"]:
                 ax.plot(*r["curve"][-1][:2], marker="x", color=line.get_color())
     ax.axhline(ours[0]["teacher_acc"], ls="--", c="k", label=f"teacher ({ours[0]['teacher_acc']:.2f}%)")
-    ax.set(xlabel="teacher queries", ylabel="student test accuracy (%)", title=f"{dataset}, teacher {ours[0]['teacher']}")
+    scored = "held-out" if ours[0]["eval_split"] == "val" else "test"
+    ax.set(xlabel="teacher queries", ylabel=f"student {scored} accuracy (%)", title=f"{dataset}, teacher {ours[0]['teacher']}")
     ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
