@@ -140,14 +140,12 @@ def generator_sizes(nz: int, ngf: int, size: int, batch: int) -> dict:
 
 
 def check_ranges(args, at_least_one=(), positive=(), non_negative=()) -> None:
-    """One UserError line for the first flag out of its range. `not x > 0`
-    (and `not x >= 0`) refuse NaN as well as the values below."""
+    """One UserError line for the first flag out of its range (positive ones
+    through check_positive). `not x >= 0` refuses NaN as well as the values below."""
     for name in at_least_one:
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1")
-    for name in positive:
-        if not getattr(args, name) > 0:
-            raise UserError(f"--{name} must be a finite number > 0, not {getattr(args, name)}")
+    check_positive(args, *positive)
     for name in non_negative:
         if not getattr(args, name) >= 0:
             raise UserError(f"--{name} must be a finite number >= 0, not {getattr(args, name)}")

@@ -2,6 +2,7 @@
 and where a run lives. Each function adds its flags to an argparse group."""
 from datasets import DATASETS
 from models import MODELS
+from utils.teacher import default_teacher_path
 
 
 def add_models(group, teacher_help: str = "the teacher's architecture") -> None:
@@ -31,7 +32,6 @@ def add_run(group, kind: str) -> None:
 def name_the_run(args) -> None:
     """The defaults that follow from other flags: the student is the teacher's
     architecture, the run folder DATASET_NET_STUDENT, the teacher pretrain.py's."""
-    from utils.teacher import default_teacher_path
     args.student_net = args.student_net or args.net
     args.exp_name = args.exp_name or f"{args.dataset}_{args.net}_{args.student_net}"
     args.teacher_ckpt = args.teacher_ckpt or default_teacher_path(args.save_dir, args.dataset, args.net)
