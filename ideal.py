@@ -69,6 +69,9 @@ def parse_args(argv=None):
                              "the student is least sure of (balanced over the targets); no extra query")
     beyond.add_argument("--distill_epochs", type=int, default=0,
                         help="distillation-only epochs on the pool after the last generation epoch (no query)")
+    beyond.add_argument("--label_first", action="store_true",
+                        help="label every generation epoch's images before distilling at all, then train "
+                             "--distill_epochs on them: DIP-KD's protocol, for methods that never look at the student")
     beyond.add_argument("--distill_aug", default="auto", choices=["auto", *KINDS],
                         help="distillation augmentation; auto = the dataset's label-safe one under cached labels "
                              "(none on 28x28 grey data), the reference's with --relabel_every_epoch")
@@ -131,10 +134,24 @@ def resolve_args(args):
                  positive=("lr", "lr_g"), non_negative=("momentum", "weight_decay", "query_budget", "distill_epochs"))
     check_prior_share(args)
     check_flags(args, args.batch_size * args.candidates)  # finite floats, names, sizes, memory
+    check_label_first(args)
     if args.method != "ideal" and (args.candidates > 1 or args.warm_generator or args.prior_share):
         raise UserError(f"--candidates, --warm_generator and --prior_share shape IDEAL's batch; "
                         f"--method={args.method} has none to shape (use --method=ideal)")
     return args
+
+
+def check_label_first(args):
+    """--label_first leaves the student untrained until everything is labelled:
+    IDEAL's generator would learn from an untrained student, and relabel mode
+    keeps no answers to train on."""
+    if not args.label_first:
+        return
+    if args.method == "ideal" or args.relabel_every_epoch:
+        raise UserError("--label_first is for methods that never look at the student (noise, prior, "
+                        "random_generator), with answers kept: leave out --label_first, or pick such a --method")
+    if args.distill_epochs < 1:
+        raise UserError("--label_first trains only in the --distill_epochs after labelling: give --distill_epochs=N")
 
 
 def check_prior_share(args):
@@ -158,7 +175,8 @@ def check_prior_share(args):
 DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", "pool_batches", "seed",
             "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
             "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
-            "warm_generator", "amp", "teacher_ckpt", "teacher_url", "eval_split", "candidates", "prior_share")
+            "warm_generator", "amp", "teacher_ckpt", "teacher_url", "eval_split", "candidates", "prior_share",
+            "label_first")
 
 
 def check_resume(args, saved, ckpt, queries):
@@ -205,6 +223,10 @@ def main(args):
                 pending = label(run, teacher, images, synthesizer, clock, epoch)
             add_batch(pool, take(pending, synthesizer), state, run.writer, epoch, spec.classes)
             pending = None
+            if args.label_first and epoch < args.epochs and teacher.remaining > 0:
+                state["epoch"] = epoch
+                run.save(state, parts)
+                continue  # more to label before the student trains
         elif args.relabel_every_epoch and teacher.remaining <= 0:
             break  # relabel mode has no cached answers to train on without asking again
         with clock("distill"):

@@ -40,6 +40,7 @@ sys.path.insert(0, ROOT)
 from methods.synthesizers import SYNTHESIZERS  # noqa: E402
 from utils.report import newest_per_step  # noqa: E402
 from utils.run import UserError, load_checkpoint  # noqa: E402
+from utils.teacher import read_meta, teacher_format  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,9 @@ METHODS = {
     # The literature's baselines as DIP-KD trains its students: every image labelled, then 100
     # epochs at a constant lr 0.01 with random shifts (their appendix; here the 100 epochs follow
     # IDEAL's loop of B images an epoch, and the student sees 28x28 images, not 32x32)
-    "naive": Method("ideal.py", ("--method=noise", "--distill_aug=crop", f"--distill_epochs={DIPKD_EPOCHS}"),
+    "naive": Method("ideal.py", ("--method=noise", "--label_first", "--distill_aug=crop", f"--distill_epochs={DIPKD_EPOCHS}"),
                     per_budget=True, about="NaiveKD: uniform noise labelled once, then DIP-KD's 100 epochs"),
-    "prior_kd": Method("ideal.py", ("--method=prior", "--distill_aug=crop", f"--distill_epochs={DIPKD_EPOCHS}"),
+    "prior_kd": Method("ideal.py", ("--method=prior", "--label_first", "--distill_aug=crop", f"--distill_epochs={DIPKD_EPOCHS}"),
                        per_budget=True, about="DIP-KD's Synthesis phase alone: image priors labelled once, "
                                               "then DIP-KD's 100 epochs"),
 }
@@ -111,12 +112,23 @@ class Teacher:
     epochs: dict
     flags: tuple = ()
     about: str = ""
+    recipe: str = ""  # teachers of one recipe: their rows are also pooled (recipe_rows)
+
+
+def recipe_seed(seed):
+    """The README's recipe with another pretraining seed: the spread a new user
+    meets, whose teacher is trained afresh (and differs in its last bits anyway)."""
+    return Teacher(f"{{dataset}}_{{net}}_s{seed}.pt", ("pretrain.py", "--net={net}", f"--seed={seed}"),
+                   {"mnist": 3, "fmnist": 10}, recipe="main",
+                   about=f"--net, the README's recipe with pretraining seed {seed}")
 
 
 TEACHERS = {
     # the README's recipe (SGD, one-cycle), the quickstart's teacher
-    "main": Teacher("{dataset}_{net}.pt", ("pretrain.py", "--net={net}"), {"mnist": 3, "fmnist": 10},
+    "main": Teacher("{dataset}_{net}.pt", ("pretrain.py", "--net={net}"), {"mnist": 3, "fmnist": 10}, recipe="main",
                     about="--net, the README's recipe (SGD with a one-cycle schedule, seed 2021)"),
+    "main_s2022": recipe_seed(2022),
+    "main_s2023": recipe_seed(2023),
     # the reference's recipe: constant lr 0.1, no weight decay, and another seed
     "sgd": Teacher("{dataset}_{net}_sgd.pt", ("pretrain.py", "--net={net}", "--schedule=none", "--lr=0.1",
                                                "--weight_decay=0", "--seed=7"), {"mnist": 5, "fmnist": 12},
@@ -400,13 +412,21 @@ def at_budget(curve, budget):
     return final, max(p[1] for p in points), queries, seconds
 
 
+def teacher_file_acc(path):
+    """The test accuracy a teacher file records: a checkpoint's test_acc, or an
+    exported program's meta.json (read without loading any of its code)."""
+    if teacher_format(path) == "checkpoint":
+        return load_checkpoint(path, "cpu")["test_acc"]
+    return read_meta(path).get("test_acc", math.nan)
+
+
 def unfinished_summary(folder):
     """What a report needs of a run still under way: its args.json, and the
     teacher's accuracy from the teacher's file; None if it has neither."""
     try:
         with open(os.path.join(folder, "args.json")) as f:
             run_args = json.load(f)
-        teacher_acc = load_checkpoint(run_args["teacher_ckpt"], "cpu")["test_acc"]
+        teacher_acc = teacher_file_acc(run_args["teacher_ckpt"])
     except (OSError, KeyError, ValueError, UserError):
         return None
     return {"threads": None, **run_args, "teacher_acc": teacher_acc, "unfinished": True}
@@ -481,12 +501,58 @@ def aggregate(records):
     return rows
 
 
+def pool_recipes(records):
+    """Per (dataset, recipe, method, budget) with runs on two or more teachers of
+    one recipe: mean +- std, min and max over every (teacher, seed) run, and each
+    teacher's own mean, so a stated range covers the teacher a user trains as
+    well as the seed."""
+    groups = {}
+    for r in records:
+        recipe = TEACHERS[r["teacher"]].recipe
+        if recipe:
+            groups.setdefault((r["dataset"], recipe, r["method"], r["budget"], r["eval_split"]), []).append(r)
+    rows = []
+    for (dataset, recipe, method, budget, split), rs in sorted(groups.items()):
+        by_teacher = {}
+        for r in rs:
+            by_teacher.setdefault(r["teacher"], []).append(r)
+        if len(by_teacher) < 2:
+            continue
+        finals = [r["final_acc"] for r in rs]
+        rows.append({"dataset": dataset, "recipe": recipe, "method": method, "budget": budget, "eval_split": split,
+                     "runs": len(rs), "final_mean": statistics.mean(finals), "final_std": statistics.stdev(finals),
+                     "final_min": min(finals), "final_max": max(finals),
+                     "teachers": {t: {"teacher_acc": ts[0]["teacher_acc"], "seeds": [r["seed"] for r in ts],
+                                      "final_mean": statistics.mean(r["final_acc"] for r in ts)}
+                                  for t, ts in by_teacher.items()}})
+    return rows
+
+
+def recipe_markdown(recipe_rows):
+    """The pooled rows of pool_recipes, as a table (none: no lines)."""
+    if not recipe_rows:
+        return []
+    lines = ["## Over teachers of one recipe", "",
+             "Every run on every teacher of the recipe, pooled: the range a user who trains the teacher "
+             "afresh and picks a seed meets. Final accuracy; per teacher: its mean over its seeds "
+             "(teacher's test accuracy).", "",
+             "| dataset | recipe | method | budget | runs | final acc | min - max | per teacher |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    for r in recipe_rows:
+        scored = "" if r["eval_split"] == "test" else f" [{r['eval_split']}]"
+        per = "; ".join(f"{t}: {v['final_mean']:.2f} ({v['teacher_acc']:.2f}%)" for t, v in r["teachers"].items())
+        lines.append(f"| {r['dataset']} | {r['recipe']} | {r['method']}{scored} | {r['budget']:,} | {r['runs']} | "
+                     f"**{r['final_mean']:.2f} +- {r['final_std']:.2f}** | {r['final_min']:.2f} - "
+                     f"{r['final_max']:.2f} | {per} |")
+    return lines + [""]
+
+
 def seed_list(row):
     """'2021,2022*': a starred seed is read from a run still under way."""
     return ",".join(f"{s}*" if s in row["unfinished_seeds"] else str(s) for s in row["seeds"])
 
 
-def markdown(rows, args):
+def markdown(rows, records, args):
     lines = ["# IDEAL and baselines at equal, counted query budgets", "",
              "Written by `python benchmarks/compare.py`. Final = the student after the last epoch "
              "(no selection); best = the highest test accuracy along the way, which is selected on "
@@ -508,6 +574,7 @@ def markdown(rows, args):
                          f"{len(r['seeds'])} ({seed_list(r)}) | {r['wall_s_mean']:.0f} | "
                          f"{r['device']}, {r['threads'] or '?'} thread(s) |")
         lines.append("")
+    lines += recipe_markdown(pool_recipes(records))
     lines += ["Methods:", ""] + [f"- `{m}`: {METHODS[m].about}" for m in dict.fromkeys(r["method"] for r in rows)]
     return "\n".join(lines) + "\n"
 
@@ -572,9 +639,9 @@ def report(args, jobs):
     rows = aggregate(records)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "compare.md"), "w") as f:
-        f.write(markdown(rows, args))
+        f.write(markdown(rows, records, args))
     with open(os.path.join(args.out, "compare.json"), "w") as f:
-        json.dump({"rows": rows, "runs": [{k: v for k, v in r.items() if k != "curve"} for r in records]},
+        json.dump({"rows": rows, "recipe_rows": pool_recipes(records), "runs": [{k: v for k, v in r.items() if k != "curve"} for r in records]},
                   f, indent=1)
     for dataset, teacher in dict.fromkeys((r["dataset"], r["teacher"]) for r in records):
         name = dataset if teacher == "main" else f"{dataset}_{teacher}"

@@ -267,3 +267,20 @@ def test_ray_backend_gives_the_local_table(sweep, tmp_path, monkeypatch):
         return [{k: None if v != v else v for k, v in row.items() if k != "wall_s_mean"}
                 for row in compare.aggregate([{**r, "wall_s": 0.0} for r in runs])]
     assert len(table(ours)) == 4 and table(ours) == table(local)
+
+
+def test_teachers_of_one_recipe_are_pooled_over_teachers_and_seeds():
+    def run(teacher, seed, acc):
+        return {"dataset": "mnist", "teacher": teacher, "method": "ideal_best", "budget": 100, "seed": seed,
+                "eval_split": "test", "final_acc": acc, "teacher_acc": {"main": 99.2, "main_s2022": 99.0,
+                                                                        "sgd": 98.0}[teacher]}
+    records = [run("main", 1, 90.0), run("main", 2, 92.0), run("main_s2022", 1, 80.0), run("main_s2022", 2, 86.0),
+               run("sgd", 1, 50.0)]  # sgd: a recipe of its own, never pooled with main
+    [row] = compare.pool_recipes(records)
+    assert (row["recipe"], row["runs"], row["final_min"], row["final_max"]) == ("main", 4, 80.0, 92.0)
+    assert row["final_mean"] == pytest.approx(87.0)
+    assert row["final_std"] == pytest.approx(statistics.stdev([90.0, 92.0, 80.0, 86.0]))
+    assert {t: v["final_mean"] for t, v in row["teachers"].items()} == {"main": 91.0, "main_s2022": 83.0}
+    table = "\n".join(compare.recipe_markdown([row]))
+    assert "| mnist | main | ideal_best | 100 | 4 | **87.00 +- 5.29** | 80.00 - 92.00 |" in table
+    assert compare.pool_recipes(records[:2] + records[4:]) == []  # one teacher of the recipe: nothing to pool

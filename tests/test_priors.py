@@ -103,13 +103,18 @@ def test_prior_share_is_refused_where_it_means_nothing(workspace):  # noqa: F811
         ideal.parse_args(["--prior_share=1", f"--save_dir={workspace['save_dir']}"])
 
 
-@pytest.mark.parametrize("flags", [("--method=prior",), ("--method=ideal", "--prior_share=0.5")])
-def test_a_resumed_prior_run_equals_an_uninterrupted_one(workspace, monkeypatch, flags):  # noqa: F811
+@pytest.mark.parametrize("flags, kill", [
+    (("--method=prior",), ("distill", 2, False)),  # in epoch 2, after its batch was labelled and saved
+    (("--method=ideal", "--prior_share=0.5"), ("distill", 2, False)),
+    (("--method=prior", "--label_first", "--distill_epochs=2"), ("label", 2, True)),  # while labelling
+    (("--method=prior", "--label_first", "--distill_epochs=2"), ("distill", 2, False))])  # after it
+def test_a_resumed_prior_run_equals_an_uninterrupted_one(workspace, monkeypatch, flags, kill):  # noqa: F811
     tag = "".join(c for c in "".join(flags) if c.isalnum())
     base = ("--epochs=3", "--query_budget=25", *flags)
     straight, straight_dir = run_ideal(workspace, *base, f"--exp_name=straight_{tag}")
+    tag += f"{kill[0]}{kill[1]}"
     with monkeypatch.context() as m:
-        kill_on(m, ideal, "distill", 2)  # in epoch 2, after its batch was labelled and saved
+        kill_on(m, ideal, kill[0], kill[1], after=kill[2])
         with pytest.raises(Killed):
             run_ideal(workspace, *base, f"--exp_name=killed_{tag}")
     resumed, resumed_dir = run_ideal(workspace, *base, f"--exp_name=killed_{tag}", "--resume")
@@ -119,6 +124,22 @@ def test_a_resumed_prior_run_equals_an_uninterrupted_one(workspace, monkeypatch,
     assert torch.equal(a["pool"]["images"], b["pool"]["images"])
     assert torch.equal(a["pool"]["answers"], b["pool"]["answers"])
     assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
+
+
+def test_label_first_labels_everything_before_the_student_trains(workspace, monkeypatch):  # noqa: F811
+    """DIP-KD's protocol: the whole budget labelled, then --distill_epochs over it."""
+    seen = []
+    real = ideal.distill_epoch
+    monkeypatch.setattr(ideal, "distill_epoch", lambda args, student, optimizer, pool, *rest: seen.append(
+        len(pool)) or real(args, student, optimizer, pool, *rest))
+    summary, _ = run_ideal(workspace, "--method=noise", "--label_first", "--epochs=3", "--distill_epochs=2",
+                           "--query_budget=25", "--exp_name=label_first")
+    assert seen == [25, 25, 25]  # the last generation epoch and the two after it, each on all 25 images
+    assert summary["queries"] == summary["samples"] == 25 and summary["epochs_run"] == 5
+    for flags in (["--label_first"], ["--method=noise", "--label_first"],
+                  ["--method=prior", "--label_first", "--relabel_every_epoch", "--distill_epochs=1"]):
+        with pytest.raises(ideal.UserError, match="label_first"):
+            ideal.parse_args([*flags, f"--save_dir={workspace['save_dir']}"])
 
 
 def test_prior_candidates_beside_the_generator_keep_the_batch_least_sure():

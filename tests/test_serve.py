@@ -23,7 +23,7 @@ import torch.nn as nn
 import ideal
 import serve_teacher
 from models import build_model
-from test_scripts import ROOT, tiny_mnist
+from test_scripts import ROOT, load_script, tiny_mnist
 from test_security import RunsCommand
 from utils.http_server import Limits
 from utils.pool import to_float
@@ -540,3 +540,11 @@ def test_client_never_follows_a_redirect_with_the_key(monkeypatch):
             server.shutdown()
             server.server_close()
     assert seen == []
+
+
+def test_a_sweep_report_reads_each_teacher_files_accuracy(files):
+    """compare.py --unfinished reports a run under way with its teacher's accuracy,
+    read from the file: a checkpoint's test_acc or a .pt2's meta.json (no code run)."""
+    compare = load_script("benchmarks/compare.py")
+    assert compare.teacher_file_acc(files["checkpoint"]) == 42.0
+    assert compare.teacher_file_acc(files["export"]) == 12.5
