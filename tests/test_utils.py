@@ -16,7 +16,7 @@ from methods import IdealSynthesizer, NoiseSynthesizer, RandomGeneratorSynthesiz
 from models import Generator, build_model, init_generator_
 from utils import run
 from datasets import get_spec
-from utils.augment import build_augment, random_crop, random_flip, reference_augment
+from utils.augment import build_augment, random_crop, random_flip, random_jitter, reference_augment
 from utils.blackbox import BlackBoxTeacher, QueryBudgetExceeded
 from utils.evaluation import evaluate
 from utils.losses import balanced_targets, distill_loss, generator_loss, info_loss
@@ -360,10 +360,25 @@ def test_build_augment():
     assert torch.equal(build_augment("none")(x), x)
     flipped = build_augment("flip")(torch.rand(50, 1, 6, 6) + 0.1)
     assert (flipped > 0).all()  # flip alone never crops in zeros
-    for kind in ("crop", "flip", "crop+flip"):
+    for kind in ("crop", "flip", "crop+flip", "crop+jitter", "crop+flip+jitter"):
         assert build_augment(kind)(x).shape == x.shape
     with pytest.raises(ValueError, match="rotate"):
         build_augment("rotate")
+
+
+def test_random_jitter_by_hand():
+    """Brightness b then contrast c: clamp(c * clamp(b x) + (1 - c) * mean), per image."""
+    x = torch.tensor([[0.0, 0.5], [1.0, 0.25]]).reshape(1, 1, 2, 2).repeat(3, 1, 1, 1)
+    torch.manual_seed(3)
+    b = 1 + 0.4 * (2 * torch.rand(3) - 1)
+    c = 1 + 0.4 * (2 * torch.rand(3) - 1)
+    torch.manual_seed(3)
+    out = random_jitter(x)
+    for i in range(3):
+        bright = (x[i] * b[i]).clamp(0, 1)
+        assert torch.allclose(out[i], (c[i] * bright + (1 - c[i]) * bright.mean()).clamp(0, 1))
+    assert not torch.equal(out[0], out[1])  # each image its own factors
+    assert torch.equal(random_jitter(x, strength=0.0), x)
 
 
 @pytest.mark.parametrize("dataset, crop, flip", [

@@ -8,8 +8,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-KINDS = ("none", "crop", "flip", "crop+flip")
+KINDS = ("none", "crop", "flip", "crop+flip", "crop+jitter", "crop+flip+jitter")
 CROP_PADDING = 4  # pixels of zero padding before the random crop (reference code)
+JITTER = 0.4  # brightness and contrast factors uniform in [1 - JITTER, 1 + JITTER] (torchvision's ColorJitter(0.4, 0.4))
 
 
 def random_crop(x: torch.Tensor, padding: int = CROP_PADDING) -> torch.Tensor:
@@ -35,13 +36,26 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
     return torch.where(flip, x.flip(3), x)
 
 
+def random_jitter(x: torch.Tensor, strength: float = JITTER) -> torch.Tensor:
+    """Per-sample random brightness, then contrast (a blend with the image's
+    mean), clamped to [0, 1]: the colour jitter of DIP-KD's teacher and students.
+    It can change what the teacher would answer, so no dataset takes it by default."""
+    n = x.shape[0]
+    brightness = 1 + strength * (2 * torch.rand(n, 1, 1, 1, device=x.device) - 1)
+    contrast = 1 + strength * (2 * torch.rand(n, 1, 1, 1, device=x.device) - 1)
+    x = (x * brightness).clamp(0, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (contrast * x + (1 - contrast) * mean).clamp(0, 1)
+
+
 def build_augment(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return a batch -> batch function for one of KINDS."""
     if kind not in KINDS:
         raise ValueError(f"unknown augmentation '{kind}'; known: {', '.join(KINDS)}")
     crop = random_crop if "crop" in kind else (lambda x: x)
     flip = random_flip if "flip" in kind else (lambda x: x)
-    return lambda x: flip(crop(x))
+    jitter = random_jitter if "jitter" in kind else (lambda x: x)
+    return lambda x: jitter(flip(crop(x)))
 
 
 def reference_augment(size: int, channels: int) -> str:
