@@ -86,8 +86,8 @@ METHODS = {
                                   about="IDEAL, --preset=best, B generator images and B image priors as candidates, "
                                         "the B the student is least sure of labelled (levers)"),
     # The literature's baselines as DIP-KD trains its students: every image labelled, then 100
-    # epochs at a constant lr 0.01 with random shifts (their appendix; here the 100 epochs follow
-    # IDEAL's loop of B images an epoch, and the student sees 28x28 images, not 32x32)
+    # epochs at a constant lr 0.01 with random shifts and colour jitter (their appendix; here in
+    # batches of B=250, not 100, and on 28x28 images, not 32x32)
     "naive": Method("ideal.py", ("--method=noise", *DIPKD_TRAINING),
                     per_budget=True, about="NaiveKD: uniform noise labelled once, then DIP-KD's 100 epochs"),
     "prior_kd": Method("ideal.py", ("--method=prior", *DIPKD_TRAINING),
