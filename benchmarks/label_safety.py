@@ -12,7 +12,6 @@ queries go through the counting black box and are printed; they belong to no
 run's budget (a diagnostic, like the teacher's own test accuracy).
 """
 import argparse
-import json
 import os
 import sys
 

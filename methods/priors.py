@@ -100,14 +100,15 @@ def semantic_mask(n: int, size: int, blur_sigma: float = 1.0, tol: float = 1e-2,
 def semantic_cutmix(x: torch.Tensor, mask: torch.Tensor, mono_prob: float = 0.5) -> torch.Tensor:
     """x * mask + partner * (1 - mask): each image's partner is another image
     of the batch (a cyclic shift of a random order, so never itself) or, with
-    probability mono_prob, a plain image of one uniform random colour.
+    probability mono_prob, a plain image of one uniform random colour. An
+    image alone in its batch has no other image, so its partner is a colour.
     x (N, C, H, W), mask (N, 1, H, W) -> (N, C, H, W)."""
     n, c = x.shape[:2]
     order = torch.randperm(n, device=x.device)
     partner = torch.empty_like(x)
     partner[order] = x[order.roll(1)]  # image order[i] is paired with order[i-1]
     colour = torch.rand(n, c, 1, 1, device=x.device, dtype=x.dtype).expand_as(x)
-    mono = torch.rand(n, 1, 1, 1, device=x.device) < mono_prob
+    mono = (torch.rand(n, 1, 1, 1, device=x.device) < mono_prob) | (n == 1)
     partner = torch.where(mono, colour, partner)
     return x * mask + partner * (1 - mask)
 

@@ -67,6 +67,8 @@ def test_semantic_cutmix_never_pairs_an_image_with_itself():
     assert sorted(mixed[:, 0, 0, 0].tolist()) == sorted(x[:, 0, 0, 0].tolist())  # every image is a partner once
     assert not torch.isclose(mixed[:, 0, 0, 0], x[:, 0, 0, 0]).any()
     assert torch.equal(semantic_cutmix(x, torch.ones(6, 1, 4, 4)), x)  # mask 1: the image itself
+    alone = semantic_cutmix(x[:1], zero[:1], mono_prob=0.0)  # no other image: a plain colour
+    assert alone.unique().numel() == 1 and not torch.equal(alone, x[:1])
 
 
 def test_nonlinear_transform_crops_to_size_and_keeps_the_range():
