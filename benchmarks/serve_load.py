@@ -3,8 +3,9 @@
     python benchmarks/serve_load.py                       # 8 clients x 50 requests, and the label overhead
     python benchmarks/serve_load.py --clients 16 --requests 200 --images 250
 
-Both parts start their own server in this process on 127.0.0.1 (a random
-LeNet teacher for MNIST's shape: its weights do not change the cost):
+Both parts start their own server in this process on 127.0.0.1, built by
+utils/serving.py as serve_teacher.py builds it (a random LeNet teacher for
+MNIST's shape: its weights do not change the cost):
 1. load: `clients` threads each send `requests` batches of `images` images under
    one key whose budget is 3/4 of the demand. It reports throughput and p50/p99
    latency, and checks that the ledger billed exactly the answered images and
@@ -27,10 +28,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import serve_teacher  # noqa: E402  (after the path line, as a script run from benchmarks/)
-from models import build_model  # noqa: E402
+from models import build_model  # noqa: E402  (after the path line, as a script run from benchmarks/)
 from utils.pool import to_float  # noqa: E402
 from utils.remote import NPY, RemoteBlackBox, encode_npy  # noqa: E402
+from utils.serving import ServeConfig, build_service, make_server  # noqa: E402
 from utils.teacher import load_blackbox_teacher, save_teacher  # noqa: E402
 
 KEY = "benchmark-key-0123456789"
@@ -91,10 +92,9 @@ def start_server(folder: str, budget: int, max_batch: int = 1024):
     save_teacher(build_model("lenet", 1, 28, 10), model_path, "mnist", "lenet", (1, 28, 10), float("nan"))
     with open(keys_path, "w") as f:
         json.dump({"bench": {"key": KEY, "budget": budget}}, f)
-    service = serve_teacher.build_service(serve_teacher.parse_args([
-        "--model", model_path, "--keys", keys_path, "--ledger", os.path.join(folder, "ledger.sqlite3"),
-        "--max_batch", str(max_batch), "--device", "cpu"]))
-    server = serve_teacher.make_server(service, "127.0.0.1", 0)
+    service = build_service(ServeConfig(model_path, keys_path, ledger=os.path.join(folder, "ledger.sqlite3"),
+                                        max_batch=max_batch, device="cpu"))
+    server = make_server(service, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, service, f"http://127.0.0.1:{server.server_address[1]}", model_path
 

@@ -29,6 +29,7 @@ import serve_teacher  # noqa: E402
 from datasets import DatasetError  # noqa: E402
 from models import ModelError  # noqa: E402
 from utils.run import UserError  # noqa: E402
+from utils.serving import ServeConfig, build_service, make_server  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE_LINE = (UserError, DatasetError, ModelError)
@@ -145,9 +146,9 @@ def serve_check(argv) -> None:
     keys, ledger, the listening socket."""
     args = serve_teacher.parse_args(argv)
     limits = serve_teacher.check_limits(args)
-    service = serve_teacher.build_service(args)
+    service = build_service(ServeConfig.of(args))
     try:
-        serve_teacher.make_server(service, args.host, args.port, limits).server_close()
+        make_server(service, args.host, args.port, limits).server_close()
     except OSError as err:  # what main() turns into one line
         raise UserError(f"cannot listen: {err}") from None
     finally:

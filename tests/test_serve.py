@@ -1,6 +1,7 @@
-"""serve_teacher.py and its client: answers, keys, budgets, the ledger, retries,
-IDEAL through the server, a bounded load test, and what loading a .pt2 or
-TorchScript teacher can execute. Servers run in this process on 127.0.0.1."""
+"""serve_teacher.py (its server: utils/serving.py) and its client: answers,
+keys, budgets, the ledger, retries, IDEAL through the server, a bounded load
+test, and what loading a .pt2 or TorchScript teacher can execute. Servers run
+in this process on 127.0.0.1."""
 import importlib.util
 import io
 import json
@@ -30,6 +31,7 @@ from utils.pool import to_float
 from utils.remote import (NPY, RemoteBlackBox, RemoteBudgetExceeded, RemoteTeacherError, decode_npy,
                           encode_npy)
 from utils.run import UserError
+from utils.serving import ServeConfig, build_service, load_keys, make_server
 from utils.teacher import load_blackbox_teacher, save_teacher
 
 KEYS = {"alice": "alice-secret-0123456789", "bob": "bob-secret-0123456789", "load": "load-secret-0123456789"}
@@ -75,8 +77,8 @@ class Served:
     def __init__(self, files, ledger, *flags, model="checkpoint", limits=Limits()):
         args = serve_teacher.parse_args(["--model", files[model], "--keys", files["keys"], "--ledger", str(ledger),
                                          "--device", "cpu", "--max_batch", "64", *flags])
-        self.service, self.ledger_path = serve_teacher.build_service(args), str(ledger)
-        self.server = serve_teacher.make_server(self.service, "127.0.0.1", 0, limits)
+        self.service, self.ledger_path = build_service(ServeConfig.of(args)), str(ledger)
+        self.server = make_server(self.service, "127.0.0.1", 0, limits)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -140,8 +142,8 @@ def test_teacher_of_any_architecture_needs_meta_or_flags(files, serve, tmp_path)
     bare = str(tmp_path / "bare.pt2")
     torch.export.save(program, bare)  # no meta.json
     with pytest.raises(UserError, match="pass --input_shape C H W and --classes K"):
-        serve_teacher.build_service(serve_teacher.parse_args(
-            ["--model", bare, "--keys", files["keys"], "--trust_teacher_code", "--ledger", str(tmp_path / "l")]))
+        build_service(ServeConfig.of(serve_teacher.parse_args(
+            ["--model", bare, "--keys", files["keys"], "--trust_teacher_code", "--ledger", str(tmp_path / "l")])))
     files = {**files, "bare": bare}
     served = Served(files, tmp_path / "l2", "--trust_teacher_code", "--input_shape", "1", "28", "28",
                     "--classes", "10", model="bare")
@@ -503,7 +505,7 @@ def test_bad_keys_file_is_one_line(tmp_path, table, message):
     path = tmp_path / "keys.json"
     path.write_text(json.dumps(table))
     with pytest.raises(UserError, match=message):
-        serve_teacher.load_keys(str(path))
+        load_keys(str(path))
 
 
 def test_client_never_follows_a_redirect_with_the_key(monkeypatch):

@@ -1,7 +1,8 @@
-"""serve_teacher.py's limits under hostile but bounded clients on 127.0.0.1:
-a client that dribbles its headers, an idle flood past the connection cap, a
-body shorter than its Content-Length, malformed HTTP; and the server's flags
-refused in one line. The numbers printed are those of docs/SERVING.md."""
+"""serve_teacher.py's limits (utils/serving.py, utils/http_server.py) under
+hostile but bounded clients on 127.0.0.1: a client that dribbles its headers,
+an idle flood past the connection cap, a body shorter than its Content-Length,
+malformed HTTP; and the server's flags refused in one line. The numbers
+printed are those of docs/SERVING.md."""
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ from utils.http_server import Limits
 from utils.pool import to_float
 from utils.remote import RemoteBlackBox, encode_npy
 from utils.run import UserError
+from utils.serving import ServeConfig, build_service, load_keys
 
 TIGHT = Limits(max_connections=8, request_timeout=1.0, keep_alive=0.5)
 
@@ -179,7 +181,7 @@ def test_bad_limits_are_one_line(files, tmp_path, flags, message):
 ])
 def test_shape_that_contradicts_the_file_is_refused(files, tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
-        serve_teacher.build_service(server_args(files, tmp_path, *flags))
+        build_service(ServeConfig.of(server_args(files, tmp_path, *flags)))
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -196,7 +198,7 @@ def test_shape_of_a_program_is_tried_before_serving(files, tmp_path, flags, mess
     args = serve_teacher.parse_args(["--model", bare, "--keys", files["keys"], "--trust_teacher_code",
                                      "--ledger", str(tmp_path / "l.sqlite3"), *flags])
     with pytest.raises(UserError, match=message):
-        serve_teacher.build_service(args)
+        build_service(ServeConfig.of(args))
 
 
 def test_meta_without_input_shape_is_named_as_such(files, tmp_path):
@@ -206,7 +208,7 @@ def test_meta_without_input_shape_is_named_as_such(files, tmp_path):
     args = serve_teacher.parse_args(["--model", path, "--keys", files["keys"], "--trust_teacher_code",
                                      "--ledger", str(tmp_path / "l.sqlite3")])
     with pytest.raises(UserError, match="does not say its input_shape") as err:
-        serve_teacher.build_service(args)
+        build_service(ServeConfig.of(args))
     assert "no meta.json" not in str(err.value)
 
 
@@ -218,7 +220,7 @@ def test_bad_ledger_is_one_line(files, tmp_path, kind):
     else:
         ledger.write_bytes(b"this is not a database, " * 100)
     with pytest.raises(UserError, match="--ledger .*: not a SQLite ledger this process can write"):
-        serve_teacher.build_service(server_args(files, tmp_path))
+        build_service(ServeConfig.of(server_args(files, tmp_path)))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
@@ -228,7 +230,7 @@ def test_unwritable_ledger_is_one_line(files, tmp_path):
     args = server_args(files, tmp_path)
     args.ledger = str(folder / "ledger.sqlite3")
     with pytest.raises(UserError, match="not a SQLite ledger"):
-        serve_teacher.build_service(args)
+        build_service(ServeConfig.of(args))
 
 
 @pytest.mark.parametrize("key", ["caf\u00e9-secret-0123456789", "secret with spaces 0123456789"])
@@ -236,7 +238,7 @@ def test_key_a_header_cannot_carry_is_refused(tmp_path, key):
     path = tmp_path / "keys.json"
     path.write_text(json.dumps({"alice": {"key": key, "budget": 1}}))
     with pytest.raises(UserError, match="printable ASCII"):
-        serve_teacher.load_keys(str(path))
+        load_keys(str(path))
 
 
 def test_ledger_is_untouched_by_refusals(serve):
