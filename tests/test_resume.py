@@ -192,7 +192,7 @@ CHANGED = {"dataset": "fmnist", "net": "mlp", "student_net": "mlp", "method": "n
            "relabel_every_epoch": True, "distill_aug": "flip",
            "warm_generator": True, "amp": True, "teacher_ckpt": "another_teacher.pt",
            "teacher_url": "http://127.0.0.1:9", "eval_split": "val", "candidates": 3,
-           "prior_share": 0.5}
+           "prior_share": 0.5, "label_first": True}
 
 
 @pytest.fixture(scope="module")
@@ -215,9 +215,19 @@ def test_resume_refuses_a_changed_setting(two_epochs, flag):
     if flag == "amp" and not torch.cuda.is_available():  # refused even earlier, as on any CPU run
         assert str(err.value).startswith("--amp is bf16 autocast for CUDA")
         return
+    if flag == "label_first":  # refused even earlier for IDEAL: see the test below for a run that has it
+        assert str(err.value).startswith("--label_first is for methods that never look at the student")
+        return
     assert str(err.value).startswith(f"--resume: this run has --{flag}=")
     assert f"the command line says --{flag}=" in str(err.value) and "\n" not in str(err.value)
     assert "to continue the run as it was" in str(err.value)
+
+
+def test_resume_refuses_to_drop_label_first(workspace):  # noqa: F811
+    flags = ("--method=noise", "--epochs=2", "--distill_epochs=1", exp_name("label_first"))
+    run_ideal(workspace, *flags, "--label_first")
+    with pytest.raises(UserError, match="--resume: this run has --label_first=True"):
+        run_ideal(workspace, *flags, "--distill_epochs=2", "--resume")
 
 
 @pytest.mark.parametrize("key,value,advice", [("distill_aug", "flip", "pass --distill_aug=flip"),

@@ -480,7 +480,7 @@ def test_query_sweep_epochs_spend_the_budget():
 
 
 def test_label_safety_counts_its_queries(workspace, tmp_path):
-    """Before and after each of 3 augmentations, for 50 test and 20 pool images;
+    """Before and after each augmentation (5), for 50 test and 20 pool images;
     'flip' mirrors every image, so its share is the teacher's own agreement
     with itself on mirrored images."""
     safety = load_script("benchmarks/label_safety.py")
@@ -488,7 +488,8 @@ def test_label_safety_counts_its_queries(workspace, tmp_path):
     flags = [f"--data_dir={workspace['data_dir']}", f"--save_dir={workspace['save_dir']}"]
     results, queries = safety.main(safety.parse_args([*flags, f"--pool={run_dir}/last.pt",
                                                       f"--json={tmp_path}/shares.json"]))
-    assert queries == 2 * 3 * (50 + 20)
+    assert len(safety.AUGMENTS) == 5  # crop, flip, crop+flip, and the two with colour jitter
+    assert queries == 2 * len(safety.AUGMENTS) * (50 + 20)
     from datasets import load_split
     teacher, _ = load_blackbox_teacher(os.path.join(workspace["save_dir"], "teachers", "mnist_lenet.pt"),
                                        "mnist", "lenet", "hard", 0, "cpu")
