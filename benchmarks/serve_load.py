@@ -20,8 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import torch
@@ -30,59 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models import build_model  # noqa: E402  (after the path line, as a script run from benchmarks/)
 from utils.pool import to_float  # noqa: E402
-from utils.remote import NPY, RemoteBlackBox, encode_npy  # noqa: E402
+from utils.loadtest import hammer, summarise  # noqa: E402
+from utils.remote import RemoteBlackBox  # noqa: E402
 from utils.serving import ServeConfig, build_service, make_server  # noqa: E402
 from utils.teacher import load_blackbox_teacher, save_teacher  # noqa: E402
 
 KEY = "benchmark-key-0123456789"
-
-
-def post(url: str, key: str, pixels: np.ndarray, request_id: str):
-    """One raw POST /v1/predict; returns the HTTP status, or the name of the
-    error if no answer came (so a load test reports it instead of losing a thread)."""
-    request = urllib.request.Request(f"{url}/v1/predict", data=encode_npy(pixels), method="POST", headers={
-        "Authorization": f"Bearer {key}", "Idempotency-Key": request_id, "Content-Type": NPY})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            reply.read()
-            return reply.status
-    except urllib.error.HTTPError as err:
-        err.read()
-        return err.code
-    except OSError as err:
-        return type(err).__name__
-
-
-def hammer(url: str, key: str, clients: int, requests: int, pixels: np.ndarray) -> dict:
-    """`clients` threads x `requests` POSTs of `pixels`, each under a new request
-    id. Returns wall seconds, per-request latencies (s) and statuses."""
-    latencies, statuses, lock = [], [], threading.Lock()
-
-    def client(c):
-        for r in range(requests):
-            start = time.perf_counter()
-            status = post(url, key, pixels, f"load-{c}-{r}")
-            with lock:
-                latencies.append(time.perf_counter() - start)
-                statuses.append(status)
-
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"wall_s": time.perf_counter() - start, "latencies": latencies, "statuses": statuses}
-
-
-def summarise(result: dict, images: int) -> dict:
-    """Throughput (requests and images per second) and p50/p99 latency in ms."""
-    ms = np.array(result["latencies"]) * 1000
-    answered = result["statuses"].count(200)
-    return {"requests": len(ms), "answered": answered, "refused_429": result["statuses"].count(429),
-            "requests_per_s": round(len(ms) / result["wall_s"], 1),
-            "images_per_s": round(answered * images / result["wall_s"], 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
 def start_server(folder: str, budget: int, max_batch: int = 1024):
@@ -137,8 +88,10 @@ def main():
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=50, help="per client")
     p.add_argument("--images", type=int, default=4, help="per request")
+    p.add_argument("--overhead_calls", type=int, default=100,
+                   help="labelling calls of 250 images in the overhead part (100 = the CPU preset's E)")
     args = p.parse_args()
-    print(json.dumps({"load": load_part(args), "label_overhead_mnist_cpu_preset": overhead_part(),
+    print(json.dumps({"load": load_part(args), "label_overhead_mnist_cpu_preset": overhead_part(args.overhead_calls),
                       "threads": torch.get_num_threads()}, indent=2))
 
 

@@ -2,7 +2,6 @@
 keys, budgets, the ledger, retries, IDEAL through the server, a bounded load
 test, and what loading a .pt2 or TorchScript teacher can execute. Servers run
 in this process on 127.0.0.1."""
-import importlib.util
 import io
 import json
 import logging
@@ -24,9 +23,10 @@ import torch.nn as nn
 import ideal
 import serve_teacher
 from models import build_model
-from test_scripts import ROOT, load_script, tiny_mnist
+from test_scripts import load_script, tiny_mnist
 from test_security import RunsCommand
 from utils.http_server import Limits
+from utils.loadtest import hammer, summarise
 from utils.pool import to_float
 from utils.remote import (NPY, RemoteBlackBox, RemoteBudgetExceeded, RemoteTeacherError, decode_npy,
                           encode_npy)
@@ -351,12 +351,9 @@ def test_killed_and_resumed_run_pays_no_sample_twice(serve, data_dir, tmp_path, 
 def test_bounded_load_loses_no_count_and_passes_no_budget(serve):
     """8 clients x 50 requests x 4 images against a budget of 1,200: exactly
     300 answered, 100 refused, 1,200 billed. A longer run: benchmarks/serve_load.py."""
-    spec = importlib.util.spec_from_file_location("serve_load", os.path.join(ROOT, "benchmarks", "serve_load.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     served = serve()
-    result = bench.hammer(served.url, KEYS["load"], clients=8, requests=50, pixels=images(4))
-    stats = bench.summarise(result, images=4)
+    result = hammer(served.url, KEYS["load"], clients=8, requests=50, pixels=images(4))
+    stats = summarise(result, images=4)
     print(f"\nload test: {stats}")
     assert sorted(set(result["statuses"]), key=str) == [200, 429], Counter(result["statuses"])
     assert stats["answered"] == 300 and stats["refused_429"] == 100
