@@ -142,6 +142,12 @@ TEACHERS = {
                                                    "--schedule=none", "--lr=0.01", "--batch_size=100"),
                      {"mnist": 20, "fmnist": 20},
                      about="--net, DIP-KD's recipe (shifts, colour jitter, constant lr 0.01, batch 100), 20 epochs"),
+    # DIP-KD's own teacher network too: LeNet-5 without batch norm (models/lenet.py), the same
+    # recipe; the student stays --net
+    "dipkd_lenet5": Teacher("{dataset}_lenet5_dipkd.pt", ("pretrain.py", "--net=lenet5", "--augment=crop+jitter",
+                                                          "--schedule=none", "--lr=0.01", "--batch_size=100"),
+                            {"mnist": 20, "fmnist": 20}, flags=("--net=lenet5", "--student_net={net}"),
+                            about="LeNet-5 without batch norm, DIP-KD's recipe, 20 epochs; the student is --net"),
     "resmax": Teacher("{dataset}_resmax.pt2", ("scripts/export_teacher.py",), {"mnist": 2, "fmnist": 2},
                       flags=("--trust_teacher_code",),
                       about="ResMax (scripts/export_teacher.py), a torch.export .pt2 of another architecture"),
@@ -276,7 +282,7 @@ def command(args, job, device):
            f"--net={args.net}", f"--query_budget={job.budget}", f"--seed={job.seed}",
            f"--save_dir={args.save_dir}", f"--data_dir={args.data_dir}", f"--exp_name={job.name}",
            f"--device={device}", f"--teacher_ckpt={teacher_path(args, job.teacher, job.dataset)}",
-           *TEACHERS[job.teacher].flags, *method.flags]
+           *(f.format(net=args.net) for f in TEACHERS[job.teacher].flags), *method.flags]
     if method.script == "ideal.py":
         cmd += [f"--epochs={epochs_for(job.budget, args.batch_size, method.relabel)}", f"--batch_size={args.batch_size}"]
     cmd += args.job_flags.split()

@@ -64,7 +64,7 @@ def main(args):
              "| teacher | test acc | source | " + " | ".join(map(str, range(spec.classes))) + " | classes over 1% |",
              "|---|---:|---|" + "---:|" * (spec.classes + 1)]
     for path in args.teachers:
-        teacher, acc = load_blackbox_teacher(path, args.dataset, "lenet", "hard", 0, device, args.trust_teacher_code)
+        teacher, acc = load_blackbox_teacher(path, args.dataset, None, "hard", 0, device, args.trust_teacher_code)
         for name, images in made.items():
             row = shares(teacher, images, spec.classes)
             lines.append(f"| {os.path.basename(path)} | {acc:.2f} | {name} | "

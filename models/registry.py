@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from models.alexnet import AlexNet
 from models.cnn import CifarCNN
-from models.lenet import LeNet
+from models.lenet import LeNet, LeNet5
 from models.mlp import MLP
 from models.resnet import resnet18, resnet34, resnet50
 from models.vgg import VGG8
@@ -26,6 +26,7 @@ class ModelEntry:
 MODELS = {
     "mlp": ModelEntry(MLP, divisor=1, min_size=1),
     "lenet": ModelEntry(LeNet, divisor=4, min_size=4),
+    "lenet5": ModelEntry(LeNet5, divisor=4, min_size=12),  # DIP-KD's teachers: no batch norm
     "alexnet": ModelEntry(AlexNet, divisor=4, min_size=8),
     "cnn": ModelEntry(CifarCNN, divisor=4, min_size=4),
     "vgg8": ModelEntry(VGG8, divisor=1, min_size=16),

@@ -10,6 +10,7 @@ import tempfile
 import pytest
 import torch
 
+import ideal
 import pretrain
 from test_scripts import load_script, tiny_mnist
 from utils.run import load_checkpoint
@@ -284,3 +285,20 @@ def test_teachers_of_one_recipe_are_pooled_over_teachers_and_seeds():
     table = "\n".join(compare.recipe_markdown([row]))
     assert "| mnist | main | ideal_best | 100 | 4 | **87.00 +- 5.29** | 80.00 - 92.00 |" in table
     assert compare.pool_recipes(records[:2] + records[4:]) == []  # one teacher of the recipe: nothing to pool
+
+
+def test_a_teacher_of_another_net_keeps_the_sweeps_student(sweep):
+    """dipkd_lenet5: the job asks a LeNet-5 teacher (its file says so) and trains
+    the sweep's --net as the student; the flags reach ideal.py in that order."""
+    args = compare.parse_args(sweep["flags"] + ["--teachers=dipkd_lenet5", "--seeds=1", "--budgets=20"])
+    job = compare.plan(args)[0]
+    path = compare.teacher_path(args, "dipkd_lenet5", "mnist")
+    pretrain.main(pretrain.parse_args(["--dataset=mnist", "--net=lenet5", "--epochs=1", "--batch_size=32",
+                                       f"--data_dir={args.data_dir}", f"--save_dir={args.save_dir}",
+                                       f"--teacher_ckpt={path}"]))
+    cmd = compare.command(args, job, "cpu")
+    assert cmd.index("--net=lenet5") > cmd.index("--net=lenet") and "--student_net=lenet" in cmd
+    summary = ideal.main(ideal.parse_args(cmd[2:]))
+    assert summary["queries"] == 20
+    saved = json.load(open(os.path.join(compare.run_dir(args, job), "args.json")))
+    assert (saved["net"], saved["student_net"]) == ("lenet5", "lenet")

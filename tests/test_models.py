@@ -51,7 +51,7 @@ def test_unknown_net_lists_the_known_ones():
         assert name in str(err.value)
 
 
-@pytest.mark.parametrize("net, size", [("lenet", 30), ("cnn", 30), ("alexnet", 4), ("vgg8", 8),
+@pytest.mark.parametrize("net, size", [("lenet", 30), ("lenet5", 8), ("lenet5", 30), ("cnn", 30), ("alexnet", 4), ("vgg8", 8),
                                        ("resnet18", 4)])
 def test_a_size_the_net_cannot_take_is_a_model_error(net, size):
     with pytest.raises(ModelError) as err:

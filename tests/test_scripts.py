@@ -532,3 +532,25 @@ def test_make_figs_keeps_the_newer_of_a_repeated_epoch(tmp_path):
     events.Reload()
     figs = load_script("scripts/make_figs.py")
     assert figs.curve(events.Scalars("test/acc")) == ([1, 2, 3], [10.0, 25.0, 30.0])
+
+
+def test_label_histogram_reads_any_net_and_counts_its_queries(workspace, tmp_path, capsys):
+    """Three sources x 20 images per teacher, each asked once through the black
+    box; a LeNet-5 teacher is read as the net its file names."""
+    lenet5 = str(tmp_path / "mnist_lenet5.pt")
+    pretrain.main(pretrain.parse_args(["--dataset=mnist", "--net=lenet5", "--epochs=1", "--batch_size=32",
+                                       f"--data_dir={workspace['data_dir']}", f"--save_dir={tmp_path}",
+                                       f"--teacher_ckpt={lenet5}"]))
+    histogram = load_script("benchmarks/label_histogram.py")
+    lenet = os.path.join(workspace["save_dir"], "teachers", "mnist_lenet.pt")
+    histogram.main(histogram.parse_args(["--images=20", f"--out={tmp_path}", "--teachers", lenet, lenet5]))
+    printed = capsys.readouterr().out
+    assert f"{lenet}: 60 queries" in printed and f"{lenet5}: 60 queries" in printed
+    rows = [line for line in open(tmp_path / "label_histogram_mnist.md") if line.startswith("| mnist_")]
+    assert len(rows) == 6
+    for row in rows:  # ten shares that sum to 100
+        assert sum(float(v) for v in row.split("|")[4:14]) == pytest.approx(100, abs=0.5)
+    with pytest.raises(UserError, match="is a lenet5 for mnist, not a lenet"):
+        load_blackbox_teacher(lenet5, "mnist", "lenet", "hard", 0, "cpu")
+    with pytest.raises(UserError, match="is a lenet5 for mnist, not a net for fmnist"):
+        load_blackbox_teacher(lenet5, "fmnist", None, "hard", 0, "cpu")

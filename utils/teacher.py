@@ -180,7 +180,7 @@ def load_blackbox_teacher(path: str, dataset: str, net: str, mode: str, budget: 
     """Build the teacher from its file and hand it over only inside a
     BlackBoxTeacher, so no caller can reach the network itself. For a
     torch.export or TorchScript teacher, `net` names no teacher (only the
-    student's default). `autocast`: what the teacher's forward passes run
+    student's default); net=None takes whatever net a checkpoint holds. `autocast`: what the teacher's forward passes run
     under (utils.run.amp_autocast). Returns (black box, teacher's test
     accuracy in % as its trainer measured it; NaN if the file does not say)."""
     if os.path.isdir(path):
@@ -188,11 +188,11 @@ def load_blackbox_teacher(path: str, dataset: str, net: str, mode: str, budget: 
                         f"{default_teacher_path('SAVE_DIR', dataset, net)})")
     if not os.path.isfile(path):
         raise UserError(f"no teacher at {path}; train one first: "
-                        f"python pretrain.py --dataset={dataset} --net={net}")
+                        f"python pretrain.py --dataset={dataset} --net={net or 'lenet'}")
     model, info = load_teacher(path, device, trust_code)
-    if info.net is not None and (info.dataset, info.net) != (dataset, net):
+    if info.net is not None and (info.dataset != dataset or net not in (None, info.net)):
         raise UserError(f"teacher {path} is a {info.net} for {info.dataset}, "
-                        f"not a {net} for {dataset}; pass the right --teacher_ckpt")
+                        f"not a {net or 'net'} for {dataset}; pass the right --teacher_ckpt")
     check_teacher_fits(path, info, dataset)
     return (BlackBoxTeacher(model, mode=mode, budget=budget, autocast=autocast),
             math.nan if info.test_acc is None else info.test_acc)
