@@ -766,3 +766,17 @@ def test_warm_generator_carries_over_and_fresh_does_not():
     for key, value in state["generator"].items():
         assert torch.equal(restored.generator.state_dict()[key], value), key
     assert restored.optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys()
+
+
+def test_per_class_recall_by_hand():
+    """A 'model' that names class 0 for every image: 100% recall on 0, 0% on the
+    rest, NaN for a class with no image."""
+    from utils.evaluation import per_class_recall
+
+    class AlwaysZero(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[1.0, 0.0, 0.0]]).expand(len(x), 3)
+
+    images = torch.zeros(5, 1, 2, 2, dtype=torch.uint8)
+    recall = per_class_recall(AlwaysZero(), images, torch.tensor([0, 0, 1, 1, 1]), classes=3, batch_size=2)
+    assert recall[:2].tolist() == [100.0, 0.0] and torch.isnan(recall[2])

@@ -22,3 +22,13 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
         correct += (logits.argmax(1) == y).sum().item()
     n = labels.shape[0]
     return loss_sum / n, 100.0 * correct / n
+
+
+@torch.no_grad()
+def per_class_recall(model, images: torch.Tensor, labels: torch.Tensor, classes: int, batch_size: int = 250):
+    """% of each class's images the model names correctly: (classes,) float,
+    NaN for a class with no image. Shows where a student's errors sit."""
+    model.eval()
+    predicted = torch.cat([model(to_float(x)).argmax(1) for x in images.split(batch_size)])
+    hits = torch.bincount(labels[predicted == labels], minlength=classes).float()
+    return 100.0 * hits / torch.bincount(labels, minlength=classes).float()
