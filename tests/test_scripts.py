@@ -554,3 +554,41 @@ def test_label_histogram_reads_any_net_and_counts_its_queries(workspace, tmp_pat
         load_blackbox_teacher(lenet5, "mnist", "lenet", "hard", 0, "cpu")
     with pytest.raises(UserError, match="is a lenet5 for mnist, not a net for fmnist"):
         load_blackbox_teacher(lenet5, "fmnist", None, "hard", 0, "cpu")
+
+
+def quickstart_ideal_flags():
+    """The flags of the ideal.py command in scripts/quickstart.sh, as a shell would split them."""
+    import shlex
+    script = open(os.path.join(ROOT, "scripts", "quickstart.sh")).read().replace("\\\n", " ")
+    [line] = [line for line in script.splitlines() if line.strip().startswith("$PY ideal.py")]
+    return shlex.split(line)[2:]
+
+
+def test_the_quickstart_command_runs_as_written(workspace):
+    """The quickstart's own flags (shortened: 2 epochs of 10 images, a tiny
+    generator) reach ideal.py and spend one query per stored image."""
+    flags = quickstart_ideal_flags()
+    assert {"--preset=best", "--candidates=2", "--prior_share=0.5"} <= set(flags)
+    summary = ideal.main(ideal.parse_args([*flags, "--epochs=2", "--batch_size=10", "--nz=8", "--ngf=4",
+                                           "--g_steps=2", f"--data_dir={workspace['data_dir']}",
+                                           f"--save_dir={workspace['save_dir']}", "--exp_name=quickstart"]))
+    assert summary["queries"] == summary["samples"] == 20
+    assert (summary["candidates"], summary["prior_share"], summary["warm_generator"]) == (2, 0.5, True)
+
+
+def test_pool_classes_reads_a_run_without_asking_the_teacher(workspace, tmp_path, capsys):
+    """The pool's shares are the cached answers' histogram; the recalls, weighted
+    by each class's test images, give back the run's final accuracy."""
+    report = load_script("benchmarks/pool_classes.py")
+    _, run_dir = run_ideal(workspace, "--epochs=2", "--exp_name=pool_classes")
+    run, ckpt, shares, recall = report.run_rows(run_dir, workspace["data_dir"])
+    answers = ckpt["pool"]["answers"]
+    assert shares.tolist() == pytest.approx([100 * (answers == k).sum().item() / len(answers) for k in range(10)])
+    from datasets import load_split
+    labels = load_split("mnist", workspace["data_dir"], train=False)[1]
+    counts = torch.bincount(labels, minlength=10).float()
+    assert (recall * counts).sum().item() / counts.sum().item() == pytest.approx(ckpt["final_acc"], abs=1e-4)
+    out = report.main(report.parse_args([run_dir, f"--data_dir={workspace['data_dir']}", f"--out={tmp_path}"]))
+    assert sum(line.startswith("| pool_classes |") for line in open(out)) == 2
+    with pytest.raises(UserError, match="not a run folder"):
+        report.run_rows(str(tmp_path), workspace["data_dir"])
