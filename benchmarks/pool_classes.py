@@ -55,20 +55,17 @@ def run_rows(folder: str, data_dir: str):
 
 
 def main(args):
-    header = None
     lines = []
     for folder in args.runs:
         run, ckpt, shares, recall = run_rows(folder, args.data_dir)
-        if header is None:
-            classes = range(len(shares))
-            header = ["| run | final acc | row | " + " | ".join(map(str, classes)) + " |",
-                      "|---|---:|---|" + "---:|" * len(shares)]
         name = os.path.basename(os.path.normpath(folder))
         for label, values in (("pool's answers, %", shares), (f"student's {run.get('eval_split', 'test')} "
                                                                "recall, %", recall)):
             lines.append(f"| {name} | {ckpt['final_acc']:.2f} | {label} | "
                          + " | ".join(f"{v:.1f}" for v in values.tolist()) + " |")
         print(f"{name}: {len(ckpt['pool']['answers']):,} pool images, final {ckpt['final_acc']:.2f}%")
+    header = ["| run | final acc | row | " + " | ".join(map(str, range(len(shares)))) + " |",
+              "|---|---:|---|" + "---:|" * len(shares)]
     text = "\n".join(["# Each class in the pool and in the student's errors", "",
                       "`python benchmarks/pool_classes.py " + " ".join(args.runs) + "`", "", *header, *lines])
     os.makedirs(args.out, exist_ok=True)

@@ -180,8 +180,9 @@ def load_blackbox_teacher(path: str, dataset: str, net: str, mode: str, budget: 
     """Build the teacher from its file and hand it over only inside a
     BlackBoxTeacher, so no caller can reach the network itself. For a
     torch.export or TorchScript teacher, `net` names no teacher (only the
-    student's default); net=None takes whatever net a checkpoint holds. `autocast`: what the teacher's forward passes run
-    under (utils.run.amp_autocast). Returns (black box, teacher's test
+    student's default); net=None takes whatever net a checkpoint holds.
+    `autocast`: what the teacher's forward passes run under
+    (utils.run.amp_autocast). Returns (black box, teacher's test
     accuracy in % as its trainer measured it; NaN if the file does not say)."""
     if os.path.isdir(path):
         raise UserError(f"--teacher_ckpt {path} is a folder; pass the teacher's file (pretrain.py writes "
