@@ -62,6 +62,9 @@ def parse_args(argv=None):
     beyond.add_argument("--prior_share", type=float, default=0.0,
                         help="with --method=ideal: this share of every batch (of the candidates, with --candidates) "
                              "is image priors, not generator images")
+    beyond.add_argument("--seed_share", type=float, default=0.0,
+                        help="with --method=ideal: this share of every batch (of the candidates, with --candidates) "
+                             "is pool images of the classes the teacher seldom names, mildly warped")
     beyond.add_argument("--warm_generator", action="store_true",
                         help="keep the generator and its Adam state from epoch to epoch, not re-initialised")
     beyond.add_argument("--candidates", type=int, default=1,
@@ -132,11 +135,11 @@ def resolve_args(args):
                             else spec.label_safe_augment)
     check_ranges(args, at_least_one=("epochs", "batch_size", "pool_batches", "g_steps", "nz", "ngf", "candidates"),
                  positive=("lr", "lr_g"), non_negative=("momentum", "weight_decay", "query_budget", "distill_epochs"))
-    check_prior_share(args)
+    check_shares(args)
     check_flags(args, args.batch_size * args.candidates)  # finite floats, names, sizes, memory
     check_label_first(args)
-    if args.method != "ideal" and (args.candidates > 1 or args.warm_generator or args.prior_share):
-        raise UserError(f"--candidates, --warm_generator and --prior_share shape IDEAL's batch; "
+    if args.method != "ideal" and (args.candidates > 1 or args.warm_generator or args.prior_share or args.seed_share):
+        raise UserError(f"--candidates, --warm_generator, --prior_share and --seed_share shape IDEAL's batch; "
                         f"--method={args.method} has none to shape (use --method=ideal)")
     return args
 
@@ -154,19 +157,27 @@ def check_label_first(args):
         raise UserError("--label_first trains only in the --distill_epochs after labelling: give --distill_epochs=N")
 
 
-def check_prior_share(args):
-    """A share that gives no prior image, leaves the generator none, or (with
-    --candidates=K) leaves it fewer than the batch to fill every class's quota."""
-    if not 0 <= args.prior_share < 1:
-        raise UserError("--prior_share must be in [0, 1) (0 = off)")
-    made = args.batch_size * args.candidates
-    priors = round(made * args.prior_share)
-    if args.prior_share and not 0 < priors < made:
-        raise UserError(f"--prior_share={args.prior_share} gives {priors} of {made} images per epoch to the prior; "
-                        "choose a share that leaves both some")
-    if priors and args.candidates > 1 and made - priors < args.batch_size:
-        raise UserError(f"--prior_share above 1 - 1/K = {1 - 1 / args.candidates:.2f} with --candidates="
-                        f"{args.candidates} leaves the generator fewer than --batch_size images to choose from")
+def check_shares(args):
+    """--prior_share and --seed_share: a share that gives no image, shares that
+    leave the generator none, or (with --candidates=K) fewer than the batch to
+    fill every class's quota."""
+    made, given = args.batch_size * args.candidates, 0
+    for name in ("prior_share", "seed_share"):
+        share = getattr(args, name)
+        if not 0 <= share < 1:
+            raise UserError(f"--{name} must be in [0, 1) (0 = off)")
+        images = round(made * share)
+        if share and not 0 < images < made:
+            raise UserError(f"--{name}={share} gives {images} of {made} images per epoch; "
+                            "choose a share that leaves both the generator and it some")
+        given += images
+    if given >= made:
+        raise UserError(f"--prior_share and --seed_share together give all {made} images per epoch; "
+                        "leave the generator some")
+    if given and args.candidates > 1 and made - given < args.batch_size:
+        raise UserError(f"--prior_share (+ --seed_share) above 1 - 1/K = {1 - 1 / args.candidates:.2f} with "
+                        f"--candidates={args.candidates} leaves the generator fewer than --batch_size images "
+                        "to choose from")
 
 
 # The settings that make a run what it is. A resume that changed one would mix
@@ -176,7 +187,7 @@ DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", 
             "nz", "ngf", "g_steps", "lr", "lr_g", "momentum", "weight_decay", "lambda_info",
             "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
             "warm_generator", "amp", "teacher_ckpt", "teacher_url", "eval_split", "candidates", "prior_share",
-            "label_first")
+            "seed_share", "label_first")
 
 
 def check_resume(args, saved, ckpt, queries):
@@ -202,12 +213,12 @@ def main(args):
     spec = get_spec(args.dataset)
     teacher, teacher_acc, eval_set = open_teacher(args, spec, run)
     student = to_device(build_model(args.student_net, spec.channels, spec.size, spec.classes), run.device)
+    pool = SyntheticPool(args.pool_batches * args.batch_size, labelled=not args.relabel_every_epoch)
     synthesizer = build_synthesizer(
         args.method, (spec.channels, spec.size, spec.size), spec.classes, run.device, args.prior_share,
-        batch_size=args.batch_size, nz=args.nz, ngf=args.ngf, g_steps=args.g_steps, lr_g=args.lr_g,
+        args.seed_share, pool, batch_size=args.batch_size, nz=args.nz, ngf=args.ngf, g_steps=args.g_steps, lr_g=args.lr_g,
         lambda_info=args.lambda_info, warm=args.warm_generator, candidates=args.candidates, autocast=run.autocast)
     optimizer = student_optimizer(student, args.lr, args.momentum, args.weight_decay)
-    pool = SyntheticPool(args.pool_batches * args.batch_size, labelled=not args.relabel_every_epoch)
     pending = load_labelled(run.dir, run.ckpt["epoch"] + 1, run.device) if run.resumed else None
     teacher = run.journal(teacher, at_least=pending["queries"] if pending else 0)
     parts = {"student": student, "optimizer": optimizer, "synthesizer": synthesizer, "pool": pool}
@@ -344,7 +355,7 @@ def make_summary(args, state, teacher, teacher_acc, device):
         "batch_size": args.batch_size, "g_steps": args.g_steps, "ngf": args.ngf,
         "relabel_every_epoch": args.relabel_every_epoch, "distill_aug": args.distill_aug,
         "warm_generator": args.warm_generator, "candidates": args.candidates, "prior_share": args.prior_share,
-        "eval_split": args.eval_split,  # best_acc and final_acc are on this split
+        "seed_share": args.seed_share, "eval_split": args.eval_split,  # best_acc and final_acc are on this split
         "reference_code_queries": reference_code_queries(args.epochs, args.distill_epochs,
                                                          args.batch_size, args.pool_batches),
         "phase_s": {k: round(v, 1) for k, v in state["phase_s"].items()},

@@ -8,6 +8,8 @@ generator losses as {"loss", "ce", "info"} or None).
   ablation of what IDEAL's zero-query generator training buys.
 - NoiseSynthesizer: uniform noise, the naive baseline of the literature.
 - PriorSynthesizer (methods/priors.py): DIP-KD's procedural image priors.
+- RareSeedSynthesizer: pool images of the classes the teacher seldom names,
+  redrawn; a source of candidates beside the generator (--seed_share).
 - MixedSynthesizer: one batch made of the batches of several synthesizers.
 """
 import inspect
@@ -16,11 +18,12 @@ from contextlib import nullcontext
 
 import torch
 
-from methods.priors import PriorSynthesizer
+from methods.priors import PriorSynthesizer, nonlinear_transform
 from methods.steps import frozen
 from models import Generator, init_generator_
 from utils.augment import build_augment
 from utils.losses import balanced_targets, generator_loss
+from utils.pool import to_float, top1
 from utils.run import UserError, to_device
 
 SYNTHESIZERS = {}  # name -> class, filled by @register; ideal.py --method and compare.py read it
@@ -168,6 +171,34 @@ class NoiseSynthesizer(Stateless):
         return torch.rand(self.batch_size, *self.shape, device=self.device), None
 
 
+class RareSeedSynthesizer(Stateless):
+    """Images the teacher has already answered, redrawn: each picks a pool image
+    with probability proportional to (times the teacher named its class in the
+    pool) ** -power, so the classes the teacher seldom names are drawn as often
+    as the rest, and moves it by a mild rotation and elastic warp (DIP-KD's
+    nonlinear transform, gentler: the image should keep its class). The
+    teacher's rare answers sit in small regions that the generator seldom
+    finds again; these candidates start from inside them. Every image is new,
+    so it is paid for like any other (and only if selected). Before the pool
+    holds anything, image priors stand in."""
+
+    def __init__(self, pool, batch_size: int, shape: tuple, device, classes: int, power: float = 1.0,
+                 max_degrees: float = 15.0, elastic_alpha: float = 8.0, elastic_sigma: float = 4.0):
+        self.pool, self.batch_size, self.shape, self.device = pool, batch_size, tuple(shape), device
+        self.classes, self.power = classes, power
+        self.max_degrees, self.elastic_alpha, self.elastic_sigma = max_degrees, elastic_alpha, elastic_sigma
+
+    def synthesize(self, student=None):
+        if self.pool is None or len(self.pool) == 0 or self.pool.answers is None:
+            return PriorSynthesizer(self.batch_size, self.shape, self.device).sample(self.batch_size), None
+        answers = top1(self.pool.answers)
+        counts = torch.bincount(answers, minlength=self.classes).float()
+        picked = torch.multinomial(counts[answers] ** -self.power, self.batch_size, replacement=True)
+        x = to_float(self.pool.images[picked].to(self.device))
+        x = nonlinear_transform(x, self.shape[1], self.max_degrees, self.elastic_alpha, self.elastic_sigma)
+        return x.clamp_(0, 1), None
+
+
 class MixedSynthesizer:
     """The batches of several synthesizers, one after the other, as one batch;
     the generator losses are the first part's. Its state is its parts'.
@@ -201,26 +232,33 @@ class MixedSynthesizer:
 register("prior")(PriorSynthesizer)  # defined in methods/priors.py, which knows no registry
 
 
-def build_synthesizer(name: str, shape: tuple, classes: int, device, prior_share: float = 0.0, **settings):
+def build_synthesizer(name: str, shape: tuple, classes: int, device, prior_share: float = 0.0,
+                      seed_share: float = 0.0, pool=None, **settings):
     """The synthesizer registered as `name`, given the constructor arguments it
     names: shape (C, H, W), classes, device, a fresh Generator(nz, ngf) if it
     takes one, and any of `settings` (batch_size, nz, g_steps, lr_g, ...).
-    prior_share: that share of every batch is image priors instead; with
-    candidates=K > 1, that share of the K*B candidates, of which the B the
-    student is least sure of are kept (MixedSynthesizer's keep)."""
+    prior_share: that share of every batch is image priors instead; seed_share:
+    that share is redrawn pool images of rare classes (RareSeedSynthesizer,
+    reading `pool`). With candidates=K > 1, the shares are of the K*B
+    candidates, of which the B the student is least sure of are kept
+    (MixedSynthesizer's keep)."""
     if name not in SYNTHESIZERS:
         raise UserError(f"unknown method '{name}'; known: {', '.join(sorted(SYNTHESIZERS))}")
     batch, k = settings["batch_size"], settings.get("candidates", 1)
-    pick = k > 1 and round(batch * k * prior_share) > 0
+    pick = k > 1 and any(round(batch * k * share) > 0 for share in (prior_share, seed_share))
     if pick:  # the generator makes its share of the candidates and selects nothing itself
         settings = {**settings, "batch_size": batch * k, "candidates": 1}
-    n_prior = round(settings["batch_size"] * prior_share)
-    given = {**settings, "batch_size": settings["batch_size"] - n_prior, "shape": shape, "classes": classes,
-             "device": device}
+    n_prior, n_seed = (round(settings["batch_size"] * share) for share in (prior_share, seed_share))
+    given = {**settings, "batch_size": settings["batch_size"] - n_prior - n_seed, "shape": shape,
+             "classes": classes, "device": device}
     wanted = inspect.signature(SYNTHESIZERS[name]).parameters
     if "generator" in wanted:  # built only where used: its initialisation draws random numbers
         given["generator"] = to_device(Generator(settings["nz"], settings["ngf"], shape[0], shape[1]), device)
-    made = SYNTHESIZERS[name](**{key: value for key, value in given.items() if key in wanted})
-    if not n_prior:
-        return made
-    return MixedSynthesizer(made, PriorSynthesizer(n_prior, shape, device), keep=batch if pick else 0, classes=classes)
+    parts = [SYNTHESIZERS[name](**{key: value for key, value in given.items() if key in wanted})]
+    if n_prior:
+        parts.append(PriorSynthesizer(n_prior, shape, device))
+    if n_seed:
+        parts.append(RareSeedSynthesizer(pool, n_seed, shape, device, classes))
+    if len(parts) == 1:
+        return parts[0]
+    return MixedSynthesizer(*parts, keep=batch if pick else 0, classes=classes)
