@@ -108,6 +108,7 @@ def test_prior_share_is_refused_where_it_means_nothing(workspace):  # noqa: F811
 @pytest.mark.parametrize("flags, kill", [
     (("--method=prior",), ("distill", 2, False)),  # in epoch 2, after its batch was labelled and saved
     (("--method=ideal", "--prior_share=0.5"), ("distill", 2, False)),
+    (("--method=ideal", "--candidates=3", "--prior_share=0.34", "--seed_share=0.34"), ("distill", 2, False)),
     (("--method=prior", "--label_first", "--distill_epochs=2"), ("label", 2, True)),  # while labelling
     (("--method=prior", "--label_first", "--distill_epochs=2"), ("distill", 2, False))])  # after it
 def test_a_resumed_prior_run_equals_an_uninterrupted_one(workspace, monkeypatch, flags, kill):  # noqa: F811
@@ -163,3 +164,47 @@ def test_prior_candidates_make_one_query_per_stored_image(workspace):  # noqa: F
     summary, _ = run_ideal(workspace, "--epochs=3", "--query_budget=25", "--candidates=2", "--prior_share=0.5",
                            "--exp_name=prior_candidates")
     assert summary["queries"] == summary["samples"] == 25
+
+
+def test_rare_seeds_draw_every_class_alike_and_stay_images():
+    """Pool images are drawn with weight 1/(their class's count): a class the
+    teacher named once is drawn as often as one it named 90 times."""
+    from methods.synthesizers import RareSeedSynthesizer
+    from utils.pool import SyntheticPool, to_uint8
+    torch.manual_seed(0)
+    pool = SyntheticPool(1000)
+    answers = torch.tensor([0] * 90 + [1] * 9 + [2])
+    images = torch.zeros(100, 1, 28, 28)
+    images[:, 0, 10:18, 10:18] = (answers.float()[:, None, None] + 1) / 3  # class k: a square of grey (k+1)/3
+    pool.add(to_uint8(images), answers)
+    seeds = RareSeedSynthesizer(pool, 3000, (1, 28, 28), "cpu", classes=3, max_degrees=0.0, elastic_alpha=0.0)
+    x, losses = seeds.synthesize()
+    assert losses is None and x.shape == (3000, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+    drawn = (x[:, 0, 14, 14] * 3 - 1).round().long()  # the centre pixel names the class drawn
+    shares = torch.bincount(drawn, minlength=3).float() / len(x)
+    assert torch.allclose(shares, torch.full((3,), 1 / 3), atol=0.04)
+    warped = RareSeedSynthesizer(pool, 8, (1, 28, 28), "cpu", classes=3).synthesize()[0]
+    assert warped.std(0).sum() > 0 and 0 <= warped.min() and warped.max() <= 1  # moved, differently per image
+
+
+def test_rare_seeds_stand_in_priors_until_the_pool_has_answers():
+    from methods.synthesizers import RareSeedSynthesizer
+    from utils.pool import SyntheticPool
+    x, _ = RareSeedSynthesizer(SyntheticPool(10), 4, (1, 28, 28), "cpu", classes=10).synthesize()
+    assert x.shape == (4, 1, 28, 28) and x.std() > 0.05
+
+
+def test_seed_candidates_make_one_query_per_stored_image(workspace):  # noqa: F811
+    summary, run_dir = run_ideal(workspace, "--epochs=3", "--query_budget=25", "--candidates=3", "--prior_share=0.34",
+                                 "--seed_share=0.34", "--exp_name=seed_candidates")
+    assert summary["queries"] == summary["samples"] == 25 and summary["seed_share"] == 0.34
+    pool = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]
+    assert pool["images"].shape[0] == pool["answers"].shape[0] == 25
+
+
+def test_shares_that_leave_the_generator_nothing_are_refused(workspace):  # noqa: F811
+    for flags, message in ((["--prior_share=0.5", "--seed_share=0.5"], "together give all"),
+                           (["--candidates=2", "--prior_share=0.3", "--seed_share=0.3"], "fewer than --batch_size"),
+                           (["--method=prior", "--seed_share=0.5"], "seed_share")):
+        with pytest.raises(ideal.UserError, match=message):
+            ideal.parse_args([*flags, f"--save_dir={workspace['save_dir']}"])
