@@ -64,7 +64,8 @@ def parse_args(argv=None):
                              "is image priors, not generator images")
     beyond.add_argument("--seed_share", type=float, default=0.0,
                         help="with --method=ideal: this share of every batch (of the candidates, with --candidates) "
-                             "is pool images of the classes the teacher seldom names, mildly warped")
+                             "is pool images the teacher has answered, mildly warped, drawn so that every class it "
+                             "has named is drawn alike")
     beyond.add_argument("--warm_generator", action="store_true",
                         help="keep the generator and its Adam state from epoch to epoch, not re-initialised")
     beyond.add_argument("--candidates", type=int, default=1,
@@ -160,8 +161,8 @@ def check_label_first(args):
 def check_shares(args):
     """--prior_share and --seed_share: a share that gives no image, shares that
     leave the generator none, or (with --candidates=K) fewer than the batch to
-    fill every class's quota."""
-    made, given = args.batch_size * args.candidates, 0
+    fill every class's quota; seeds from a pool with no answers or too large to draw from."""
+    made, given, named = args.batch_size * args.candidates, 0, []
     for name in ("prior_share", "seed_share"):
         share = getattr(args, name)
         if not 0 <= share < 1:
@@ -170,14 +171,19 @@ def check_shares(args):
         if share and not 0 < images < made:
             raise UserError(f"--{name}={share} gives {images} of {made} images per epoch; "
                             "choose a share that leaves both the generator and it some")
-        given += images
+        given, named = given + images, named + ([f"--{name}"] if share else [])
+    shares = " and ".join(named)
     if given >= made:
-        raise UserError(f"--prior_share and --seed_share together give all {made} images per epoch; "
-                        "leave the generator some")
+        raise UserError(f"{shares} together give {given} of the {made} images per epoch; leave the generator some")
     if given and args.candidates > 1 and made - given < args.batch_size:
-        raise UserError(f"--prior_share (+ --seed_share) above 1 - 1/K = {1 - 1 / args.candidates:.2f} with "
-                        f"--candidates={args.candidates} leaves the generator fewer than --batch_size images "
-                        "to choose from")
+        raise UserError(f"{shares} above 1 - 1/K = {1 - 1 / args.candidates:.2f} with --candidates="
+                        f"{args.candidates} leaves the generator fewer than --batch_size images to choose from")
+    if args.seed_share and args.relabel_every_epoch:
+        raise UserError("--seed_share draws from the teacher's cached answers, which --relabel_every_epoch "
+                        "does not keep: leave one of them out")
+    if args.seed_share and args.pool_batches * args.batch_size > 2 ** 24:
+        raise UserError("--seed_share draws among at most 2^24 pool images (torch.multinomial); "
+                        "lower --pool_batches")
 
 
 # The settings that make a run what it is. A resume that changed one would mix
@@ -216,8 +222,9 @@ def main(args):
     pool = SyntheticPool(args.pool_batches * args.batch_size, labelled=not args.relabel_every_epoch)
     synthesizer = build_synthesizer(
         args.method, (spec.channels, spec.size, spec.size), spec.classes, run.device, args.prior_share,
-        args.seed_share, pool, batch_size=args.batch_size, nz=args.nz, ngf=args.ngf, g_steps=args.g_steps, lr_g=args.lr_g,
-        lambda_info=args.lambda_info, warm=args.warm_generator, candidates=args.candidates, autocast=run.autocast)
+        args.seed_share, pool, batch_size=args.batch_size, nz=args.nz, ngf=args.ngf, g_steps=args.g_steps,
+        lr_g=args.lr_g, lambda_info=args.lambda_info, warm=args.warm_generator, candidates=args.candidates,
+        autocast=run.autocast)
     optimizer = student_optimizer(student, args.lr, args.momentum, args.weight_decay)
     pending = load_labelled(run.dir, run.ckpt["epoch"] + 1, run.device) if run.resumed else None
     teacher = run.journal(teacher, at_least=pending["queries"] if pending else 0)

@@ -254,6 +254,8 @@ def build_synthesizer(name: str, shape: tuple, classes: int, device, prior_share
     wanted = inspect.signature(SYNTHESIZERS[name]).parameters
     if "generator" in wanted:  # built only where used: its initialisation draws random numbers
         given["generator"] = to_device(Generator(settings["nz"], settings["ngf"], shape[0], shape[1]), device)
+    if n_seed and pool is None:
+        raise ValueError("seed_share needs the pool to draw from")
     parts = [SYNTHESIZERS[name](**{key: value for key, value in given.items() if key in wanted})]
     if n_prior:
         parts.append(PriorSynthesizer(n_prior, shape, device))

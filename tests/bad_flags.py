@@ -69,8 +69,7 @@ def ideal_cases(p: dict) -> list:
             f"--save_dir={p['runs']}"]
     ideal_bad = [
         *[[f"--{flag}={value}"] for flag in ("lr", "lr_g") for value in ("nan", "inf", "0", "-1")],
-        *[[f"--{flag}={value}"] for flag in ("lambda_info", "momentum", "weight_decay", "prior_share",
-                                                                "seed_share")
+        *[[f"--{flag}={value}"] for flag in ("lambda_info", "momentum", "weight_decay", "prior_share", "seed_share")
           for value in ("nan", "inf")],
         ["--momentum=-1"], ["--weight_decay=-1"], ["--prior_share=1"], ["--prior_share=-0.5"], ["--seed_share=1"],
         ["--epochs=0"], ["--batch_size=0"], ["--nz=0"], ["--ngf=0"], ["--g_steps=0"], ["--pool_batches=0"],

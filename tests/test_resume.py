@@ -192,7 +192,7 @@ CHANGED = {"dataset": "fmnist", "net": "mlp", "student_net": "mlp", "method": "n
            "relabel_every_epoch": True, "distill_aug": "flip",
            "warm_generator": True, "amp": True, "teacher_ckpt": "another_teacher.pt",
            "teacher_url": "http://127.0.0.1:9", "eval_split": "val", "candidates": 3,
-           "prior_share": 0.5, "label_first": True}
+           "prior_share": 0.5, "seed_share": 0.5, "label_first": True}
 
 
 @pytest.fixture(scope="module")
