@@ -8,8 +8,8 @@ generator losses as {"loss", "ce", "info"} or None).
   ablation of what IDEAL's zero-query generator training buys.
 - NoiseSynthesizer: uniform noise, the naive baseline of the literature.
 - PriorSynthesizer (methods/priors.py): DIP-KD's procedural image priors.
-- RareSeedSynthesizer: pool images of the classes the teacher seldom names,
-  redrawn; a source of candidates beside the generator (--seed_share).
+- RareSeedSynthesizer: pool images redrawn, every class the teacher has named
+  alike; a source of candidates beside the generator (--seed_share).
 - MixedSynthesizer: one batch made of the batches of several synthesizers.
 """
 import inspect
@@ -180,7 +180,8 @@ class RareSeedSynthesizer(Stateless):
     teacher's rare answers sit in small regions that the generator seldom
     finds again; these candidates start from inside them. Every image is new,
     so it is paid for like any other (and only if selected). Before the pool
-    holds anything, image priors stand in."""
+    holds anything, image priors stand in. The pool must keep the teacher's
+    answers (ideal.py refuses --seed_share with --relabel_every_epoch)."""
 
     def __init__(self, pool, batch_size: int, shape: tuple, device, classes: int, power: float = 1.0,
                  max_degrees: float = 15.0, elastic_alpha: float = 8.0, elastic_sigma: float = 4.0):
@@ -189,7 +190,7 @@ class RareSeedSynthesizer(Stateless):
         self.max_degrees, self.elastic_alpha, self.elastic_sigma = max_degrees, elastic_alpha, elastic_sigma
 
     def synthesize(self, student=None):
-        if self.pool is None or len(self.pool) == 0 or self.pool.answers is None:
+        if len(self.pool) == 0:  # the first epoch
             return PriorSynthesizer(self.batch_size, self.shape, self.device).sample(self.batch_size), None
         answers = top1(self.pool.answers)
         counts = torch.bincount(answers, minlength=self.classes).float()
