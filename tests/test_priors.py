@@ -187,7 +187,7 @@ def test_rare_seeds_draw_every_class_alike_and_stay_images():
     assert warped.std(0).sum() > 0 and 0 <= warped.min() and warped.max() <= 1  # moved, differently per image
 
 
-def test_rare_seeds_stand_in_priors_until_the_pool_has_answers():
+def test_rare_seeds_stand_in_priors_until_the_pool_has_images():
     from methods.synthesizers import RareSeedSynthesizer
     from utils.pool import SyntheticPool
     x, _ = RareSeedSynthesizer(SyntheticPool(10), 4, (1, 28, 28), "cpu", classes=10).synthesize()
