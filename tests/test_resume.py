@@ -240,6 +240,19 @@ def test_refusal_says_how_to_continue_as_it_was(key, value, advice):
         refuse_changes({key: value}, args, [key])
 
 
+@pytest.mark.parametrize("value", [0.3333, True, "crop"])
+def test_resume_cannot_add_a_flag_newer_than_the_run(value):
+    """A run whose settings do not name a flag ran without it: a resume that
+    turns it on would change the method halfway through the run."""
+    with pytest.raises(UserError, match="began before --seed_share existed"):
+        refuse_changes({}, argparse.Namespace(seed_share=value), ["seed_share"])
+
+
+@pytest.mark.parametrize("value", [0.0, False, None, 1])
+def test_resume_may_leave_a_newer_flag_off(value):
+    refuse_changes({}, argparse.Namespace(seed_share=value), ["seed_share"])
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--epochs=2", "--query_budget=15"], "--query_budget=15 is below the 20 queries"),
     (["--epochs=1"], "--epochs=1 is below this run's 2"),

@@ -13,15 +13,10 @@ import time
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from utils.resume import JournaledTeacher, billed_queries, paid_queries, record_resume, refuse_changes, saved_settings
+from utils.resume import (JournaledTeacher, billed_queries, neutral, paid_queries, record_resume, refuse_changes,
+                          saved_settings)
 from utils.run import (UserError, amp_autocast, load_checkpoint, make_run_dir, pick_device, rng_state, save_args,
                        save_checkpoint, save_json, seed_everything, set_rng_state, single_process)
-
-
-def neutral(value) -> bool:
-    """The values a removed setting took when it was off: none, 0, off, the
-    constant schedule, or a count of one (an int: a float 1.0 was a real setting)."""
-    return value is None or value is False or value == 0 or value == "constant" or (type(value) is int and value == 1)
 
 
 def refuse_unknown(saved: dict, args) -> None:

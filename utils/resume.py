@@ -124,11 +124,24 @@ def as_it_was(key: str, value) -> str:
     return f"pass --{key}={value}"
 
 
+def neutral(value) -> bool:
+    """The values a setting takes when it is off (before it existed, or after it
+    was removed): none, 0, off, the constant schedule, or a count of one (an int:
+    a float 1.0 is a real setting)."""
+    return value is None or value is False or value == 0 or value == "constant" or (type(value) is int and value == 1)
+
+
 def refuse_changes(saved: dict, args, defining) -> None:
     """One line naming the first flag in `defining` whose value differs from the
-    run's, and how to continue the run as it was (a default may have moved since)."""
+    run's, and how to continue the run as it was (a default may have moved since).
+    A flag the run's settings do not name came after the run began: the run had it
+    off, so it may be resumed only with the flag at its neutral value."""
     for key in defining:
         new = getattr(args, key)
+        if key not in saved and not neutral(new):
+            raise UserError(f"--resume: this run began before --{key} existed, so it ran without it; a resume "
+                            f"cannot add --{key}={new} (from the command line or a preset): leave it out to "
+                            "continue the run as it was, or start a new run")
         if key in saved and saved[key] != new:
             raise UserError(f"--resume: this run has --{key}={saved[key]}, the command line says "
                             f"--{key}={new} (or a default has moved since the run began); a resume cannot "
