@@ -82,11 +82,17 @@ def test_nonlinear_transform_crops_to_size_and_keeps_the_range():
 
 
 @pytest.mark.parametrize("flags", [("--method=prior",),
-                                   ("--method=ideal", "--prior_share=0.5")])
+                                   ("--method=ideal", "--prior_share=0.5"),
+                                   ("--candidates=2", "--prior_share=0.5"),
+                                   ("--candidates=3", "--prior_share=0.34", "--seed_share=0.34")])
 def test_prior_methods_make_one_query_per_stored_image(workspace, flags):  # noqa: F811
+    """Priors alone, in the batch, as candidates, and redrawn pool images as
+    candidates too: the teacher is asked once per stored image, never more."""
     name = "prior_" + "".join(c for c in "".join(flags) if c.isalnum())
     summary, run_dir = run_ideal(workspace, "--epochs=3", "--query_budget=25", f"--exp_name={name}", *flags)
     assert summary["queries"] == summary["samples"] == 25  # 10 + 10 + the 5 the budget allows
+    shares = dict(f[2:].split("=") for f in flags if f.endswith(("0.5", "0.34")))
+    assert {k: summary[k] for k in shares} == {k: float(v) for k, v in shares.items()}  # the summary names them
     pool = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]
     assert pool["images"].shape[0] == pool["answers"].shape[0] == 25
 
@@ -160,12 +166,6 @@ def test_prior_candidates_beside_the_generator_keep_the_batch_least_sure():
     assert x.shape == (20, 1, 28, 28) and set(losses) == {"loss", "ce", "info"}
 
 
-def test_prior_candidates_make_one_query_per_stored_image(workspace):  # noqa: F811
-    summary, _ = run_ideal(workspace, "--epochs=3", "--query_budget=25", "--candidates=2", "--prior_share=0.5",
-                           "--exp_name=prior_candidates")
-    assert summary["queries"] == summary["samples"] == 25
-
-
 def test_rare_seeds_draw_every_class_alike_and_stay_images():
     """Pool images are drawn with weight 1/(their class's count): a class the
     teacher named once is drawn as often as one it named 90 times."""
@@ -192,14 +192,6 @@ def test_rare_seeds_stand_in_priors_until_the_pool_has_images():
     from utils.pool import SyntheticPool
     x, _ = RareSeedSynthesizer(SyntheticPool(10), 4, (1, 28, 28), "cpu", classes=10).synthesize()
     assert x.shape == (4, 1, 28, 28) and x.std() > 0.05
-
-
-def test_seed_candidates_make_one_query_per_stored_image(workspace):  # noqa: F811
-    summary, run_dir = run_ideal(workspace, "--epochs=3", "--query_budget=25", "--candidates=3", "--prior_share=0.34",
-                                 "--seed_share=0.34", "--exp_name=seed_candidates")
-    assert summary["queries"] == summary["samples"] == 25 and summary["seed_share"] == 0.34
-    pool = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]
-    assert pool["images"].shape[0] == pool["answers"].shape[0] == 25
 
 
 def test_shares_that_leave_the_generator_nothing_are_refused(workspace):  # noqa: F811
