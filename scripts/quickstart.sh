@@ -16,8 +16,9 @@ fi
 # The best method measured (docs/RESULTS.md, issue 19): the paper's E=100, B=250 (25,000
 # queries, one per stored image) with --preset=best (configs/best.json: a narrower generator,
 # ngf 16 not 64, 10 steps not 30 at lr_g 1e-2 not 1e-3, kept warm from epoch to epoch), and
-# DIP-KD's procedural image priors offered beside the generator's images: 2B candidates an
-# epoch, half of them priors, and the teacher is asked about the B the student is least sure
-# of. All of that beyond the paper is a lever, not IDEAL itself; see the README.
+# two more sources of candidates beside the generator's B images: B of DIP-KD's procedural
+# image priors, and B warped copies of images the teacher has already answered, drawn so that
+# every class it named is drawn alike. The teacher is asked about the B of the 3B the student
+# is least sure of. All of that beyond the paper is a lever, not IDEAL itself; see the README.
 $PY ideal.py --dataset=mnist --net=lenet --epochs=100 --batch_size=250 \
-  --preset=best --candidates=2 --prior_share=0.5 --exp_name=mnist_best_priors
+  --preset=best --candidates=3 --prior_share=0.3333 --seed_share=0.3333 --exp_name=mnist_best_seeds

@@ -568,12 +568,14 @@ def test_the_quickstart_command_runs_as_written(workspace):
     """The quickstart's own flags (shortened: 2 epochs of 10 images, a tiny
     generator) reach ideal.py and spend one query per stored image."""
     flags = quickstart_ideal_flags()
-    assert {"--preset=best", "--candidates=2", "--prior_share=0.5"} <= set(flags)
+    measured = load_script("benchmarks/compare.py").METHODS["ideal_best_prior_seed_k3"].flags
+    assert set(measured) - {"--method=ideal"} <= set(flags)  # the method the README's tables measure
     summary = ideal.main(ideal.parse_args([*flags, "--epochs=2", "--batch_size=10", "--nz=8", "--ngf=4",
                                            "--g_steps=2", f"--data_dir={workspace['data_dir']}",
                                            f"--save_dir={workspace['save_dir']}", "--exp_name=quickstart"]))
     assert summary["queries"] == summary["samples"] == 20
-    assert (summary["candidates"], summary["prior_share"], summary["warm_generator"]) == (2, 0.5, True)
+    assert (summary["candidates"], summary["prior_share"], summary["seed_share"], summary["warm_generator"]) == \
+        (3, 0.3333, 0.3333, True)
 
 
 def test_pool_classes_reads_a_run_without_asking_the_teacher(workspace, tmp_path, capsys):
