@@ -3,7 +3,7 @@ of each class in the teacher's cached answers (the pool), and the student's
 recall per class on the evaluation split. No teacher query: the answers are
 read from the run's last.pt.
 
-    python benchmarks/pool_classes.py runs/ideal/mnist_best_priors runs/ideal/other_run
+    python benchmarks/pool_classes.py runs/ideal/mnist_best_seeds runs/ideal/other_run
 
 A teacher names one class for most images far from its data (label_histogram.py);
 such a class fills the pool while real images of it are missed, and a class the
