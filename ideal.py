@@ -176,14 +176,15 @@ def check_shares(args):
     if given >= made:
         raise UserError(f"{shares} together give {given} of the {made} images per epoch; leave the generator some")
     if given and args.candidates > 1 and made - given < args.batch_size:
-        raise UserError(f"{shares} above 1 - 1/K = {1 - 1 / args.candidates:.2f} with --candidates="
-                        f"{args.candidates} leaves the generator fewer than --batch_size images to choose from")
+        raise UserError(f"{shares} give {given / made:.2f} of the candidates, above 1 - 1/K = "
+                        f"{1 - 1 / args.candidates:.2f} with --candidates={args.candidates}, so the generator "
+                        "has fewer than --batch_size images to choose from: lower them or raise --candidates")
     if args.seed_share and args.relabel_every_epoch:
         raise UserError("--seed_share draws from the teacher's cached answers, which --relabel_every_epoch "
                         "does not keep: leave one of them out")
     if args.seed_share and args.pool_batches * args.batch_size > 2 ** 24:
-        raise UserError("--seed_share draws among at most 2^24 pool images (torch.multinomial); "
-                        "lower --pool_batches")
+        raise UserError(f"--seed_share draws among at most 2^24 pool images (torch.multinomial), and "
+                        f"--pool_batches x --batch_size = {args.pool_batches * args.batch_size:,}: lower either")
 
 
 # The settings that make a run what it is. A resume that changed one would mix
@@ -194,6 +195,8 @@ DEFINING = ("dataset", "net", "student_net", "method", "bb_mode", "batch_size", 
             "relabel_every_epoch", "distill_aug",  # relabel first: it changes distill_aug's auto choice
             "warm_generator", "amp", "teacher_ckpt", "teacher_url", "eval_split", "candidates", "prior_share",
             "seed_share", "label_first")
+# Flags that came after the first runs with a default that is not "off": what those runs did.
+BEFORE = {"method": "ideal", "eval_split": "test"}
 
 
 def check_resume(args, saved, ckpt, queries):
@@ -215,7 +218,7 @@ def check_resume(args, saved, ckpt, queries):
 
 
 def main(args):
-    run = Run("ideal", args, DEFINING, check=check_resume)
+    run = Run("ideal", args, DEFINING, check=check_resume, before=BEFORE)
     spec = get_spec(args.dataset)
     teacher, teacher_acc, eval_set = open_teacher(args, spec, run)
     student = to_device(build_model(args.student_net, spec.channels, spec.size, spec.classes), run.device)

@@ -92,8 +92,9 @@ METHODS = {
     "ideal_best_prior_seed_k3": Method("ideal.py", ("--method=ideal", "--preset=best", "--candidates=3",
                                                     "--prior_share=0.3333", "--seed_share=0.3333"),
                                        about="IDEAL, --preset=best, B generator images, B image priors and B "
-                                             "redrawn pool images of rare classes as candidates, the B the "
-                                             "student is least sure of labelled (levers)"),
+                                             "pool images redrawn class-balanced (rare classes as often as the "
+                                             "rest) as candidates, the B the student is least sure of labelled "
+                                             "(levers)"),
     # The literature's baselines as DIP-KD trains its students: every image labelled, then 100
     # epochs at a constant lr 0.01 with random shifts and colour jitter (their appendix; here in
     # batches of B=250, not 100, and on 28x28 images, not 32x32)

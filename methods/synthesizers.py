@@ -239,7 +239,7 @@ def build_synthesizer(name: str, shape: tuple, classes: int, device, prior_share
     names: shape (C, H, W), classes, device, a fresh Generator(nz, ngf) if it
     takes one, and any of `settings` (batch_size, nz, g_steps, lr_g, ...).
     prior_share: that share of every batch is image priors instead; seed_share:
-    that share is redrawn pool images of rare classes (RareSeedSynthesizer,
+    that share is pool images redrawn class-balanced (RareSeedSynthesizer,
     reading `pool`). With candidates=K > 1, the shares are of the K*B
     candidates, of which the B the student is least sure of are kept
     (MixedSynthesizer's keep)."""

@@ -197,9 +197,9 @@ def test_rare_seeds_stand_in_priors_until_the_pool_has_images():
 def test_shares_that_leave_the_generator_nothing_are_refused(workspace):  # noqa: F811
     for flags, message in ((["--prior_share=0.5", "--seed_share=0.5"], "together give 250 of the 250"),
                            (["--candidates=2", "--prior_share=0.3", "--seed_share=0.3"], "fewer than --batch_size"),
-                           (["--candidates=2", "--seed_share=0.8"], "^--seed_share above"),
+                           (["--candidates=2", "--seed_share=0.8"], "^--seed_share give 0.80 .*raise --candidates"),
                            (["--seed_share=0.5", "--relabel_every_epoch"], "cached answers"),
-                           (["--seed_share=0.5", f"--pool_batches={2 ** 17}"], "2\\^24"),
+                           (["--seed_share=0.5", f"--pool_batches={2 ** 17}"], "2\\^24.*= 32,768,000: lower either"),
                            (["--method=prior", "--seed_share=0.5"], "seed_share")):
         with pytest.raises(ideal.UserError, match=message):
             ideal.parse_args([*flags, f"--save_dir={workspace['save_dir']}"])

@@ -344,3 +344,19 @@ def test_a_run_made_with_a_removed_setting_is_refused(workspace, monkeypatch):  
                 run_ideal(workspace, "--epochs=1", "--exp_name=removed_lever", "--resume")
         else:
             run_ideal(workspace, "--epochs=1", "--exp_name=removed_lever", "--resume")
+
+
+def test_a_run_older_than_a_flag_resumes_as_it_ran(workspace):  # noqa: F811
+    """--method and --eval_split came after the first runs, with the old behaviour
+    as their defaults: such a run resumes with them left out, and is refused when
+    a resume would turn them to something the run never did."""
+    _, run_dir = run_ideal(workspace, "--epochs=1", "--exp_name=older_than_flags")
+    path = os.path.join(run_dir, "last.pt")
+    ckpt = load_checkpoint(path, "cpu")
+    old = {k: v for k, v in ckpt["config"].items() if k not in ideal.BEFORE}
+    save_checkpoint({**ckpt, "config": old}, path)
+    for flag in ("--method=noise", "--eval_split=val"):
+        with pytest.raises(UserError, match=f"began before {flag.split('=')[0]} existed"):
+            run_ideal(workspace, "--epochs=1", "--exp_name=older_than_flags", flag, "--resume")
+    summary, _ = run_ideal(workspace, "--epochs=2", "--exp_name=older_than_flags", "--resume")
+    assert summary["epochs"] == 2

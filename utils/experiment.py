@@ -34,9 +34,10 @@ class Run:
     args: the resolved flags (device, seed, save_dir, exp_name, resume, and
     amp if the script has it); defining: the flags a resume may not change;
     check(args, saved settings, last.pt, queries paid): the script's own
-    resume rules, run before any work."""
+    resume rules, run before any work; before: {flag: value} for flags added
+    after some runs began, the value those runs had (see refuse_changes)."""
 
-    def __init__(self, kind: str, args, defining, check=None):
+    def __init__(self, kind: str, args, defining, check=None, before=None):
         single_process(f"{kind}.py")
         self.kind, self.args = kind, args
         self.device = pick_device(args.device)
@@ -47,7 +48,7 @@ class Run:
             self.ckpt = load_checkpoint(os.path.join(self.dir, "last.pt"), self.device)
             self.saved = saved_settings(self.ckpt, self.dir)
             self.paid = max(self.ckpt.pop("queries"), paid_queries(self.dir))  # the write-ahead count covers a kill
-            refuse_changes(self.saved, args, defining)
+            refuse_changes(self.saved, args, defining, before)
             refuse_unknown(self.saved, args)
             if check is not None:
                 check(args, self.saved, self.ckpt, self.paid)

@@ -131,14 +131,17 @@ def neutral(value) -> bool:
     return value is None or value is False or value == 0 or value == "constant" or (type(value) is int and value == 1)
 
 
-def refuse_changes(saved: dict, args, defining) -> None:
+def refuse_changes(saved: dict, args, defining, before=None) -> None:
     """One line naming the first flag in `defining` whose value differs from the
     run's, and how to continue the run as it was (a default may have moved since).
     A flag the run's settings do not name came after the run began: the run had it
-    off, so it may be resumed only with the flag at its neutral value."""
+    off, so it may be resumed only with the flag at its neutral value, or at the
+    value `before` ({flag: value}) says runs older than the flag had (a flag whose
+    default was the old behaviour, as --method=ideal)."""
+    before = before or {}
     for key in defining:
         new = getattr(args, key)
-        if key not in saved and not neutral(new):
+        if key not in saved and not neutral(new) and not (key in before and before[key] == new):
             raise UserError(f"--resume: this run began before --{key} existed, so it ran without it; a resume "
                             f"cannot add --{key}={new} (from the command line or a preset): leave it out to "
                             "continue the run as it was, or start a new run")
