@@ -10,7 +10,6 @@ such a class fills the pool while real images of it are missed, and a class the
 teacher seldom names is missed for want of examples. Writes OUT/pool_classes.md.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -21,7 +20,8 @@ from datasets import get_spec, load_eval_split  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.evaluation import per_class_recall  # noqa: E402
 from utils.pool import top1  # noqa: E402
-from utils.run import UserError, load_checkpoint, run_cli  # noqa: E402
+from utils.resume import read_run  # noqa: E402
+from utils.run import run_cli  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -30,15 +30,6 @@ def parse_args(argv=None):
     p.add_argument("--data_dir", default="data")
     p.add_argument("--out", default="benchmarks/results")
     return p.parse_args(argv)
-
-
-def read_run(folder: str):
-    """(args.json, last.pt) of one ideal.py run folder, on the CPU."""
-    path = os.path.join(folder, "args.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{folder} is not a run folder of ideal.py (no args.json)")
-    with open(path) as f:
-        return json.load(f), load_checkpoint(os.path.join(folder, "last.pt"), "cpu")
 
 
 def run_rows(folder: str, data_dir: str):

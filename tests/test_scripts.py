@@ -596,3 +596,28 @@ def test_pool_classes_reads_a_run_without_asking_the_teacher(workspace, tmp_path
     assert sum(line.startswith("| pool_classes |") for line in open(out)) == 2
     with pytest.raises(UserError, match="not a run folder"):
         report.run_rows(str(tmp_path), workspace["data_dir"])
+
+
+def test_refit_trains_a_fresh_student_on_a_runs_pool_alone(workspace, tmp_path):
+    """No teacher is opened; the agreement is the share of the pool the student
+    names as the teacher did; the same seed gives the same student."""
+    refit = load_script("benchmarks/refit.py")
+    _, run_dir = run_ideal(workspace, "--epochs=2", "--exp_name=refit")
+    from utils.resume import read_run
+    run, ckpt = read_run(run_dir)
+    pool = refit.SyntheticPool(0)
+    pool.load_state_dict(ckpt["pool"])
+    own = refit.build_model("lenet", 1, 28, 10)
+    own.load_state_dict(ckpt["student"])
+    by_hand = sum(int(own.eval()(x[None].float() / 255).argmax()) == int(a)
+                  for x, a in zip(ckpt["pool"]["images"], ckpt["pool"]["answers"]))
+    assert refit.agreement(own, pool) == pytest.approx(100 * by_hand / len(pool))
+    args = refit.parse_args([run_dir, "--epochs=2", "--batch_size=8", f"--data_dir={workspace['data_dir']}",
+                             f"--out={tmp_path}"])
+    first, second = (refit.refit(pool, "lenet", refit.get_spec("mnist"), "crop", args) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    with open(refit.main(args)) as f:
+        row = [line for line in f if line.startswith("| refit |")]
+    assert len(row) == 1 and row[0].split(" | ")[5] == "lenet, 2 ep, none"
+    with pytest.raises(UserError, match="not a run folder"):
+        refit.main(refit.parse_args([str(tmp_path), f"--data_dir={workspace['data_dir']}"]))

@@ -115,6 +115,15 @@ def saved_settings(ckpt: dict, run_dir: str) -> dict:
         return json.load(f)
 
 
+def read_run(run_dir: str, device="cpu"):
+    """(settings, last.pt) of a run folder of ideal.py, for tools that read a
+    finished run without resuming it (its pool, its student)."""
+    if not os.path.isfile(os.path.join(run_dir, "args.json")):
+        raise UserError(f"{run_dir} is not a run folder of ideal.py (no args.json)")
+    ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"), device)
+    return saved_settings(ckpt, run_dir), ckpt
+
+
 def as_it_was(key: str, value) -> str:
     """What to type to get `value` back for --key: a switch or a value."""
     if value is True:
