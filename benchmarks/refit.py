@@ -50,14 +50,17 @@ def agreement(student, pool) -> float:
     return 100.0 * (predict(student, pool.images).argmax(1) == top1(pool.answers)).float().mean().item()
 
 
-def refit(pool, net: str, spec, aug: str, args):
-    """A fresh student trained args.epochs passes over `pool` (SGD, momentum 0.9,
-    cosine-annealed rate; torch's scheduler). Returns the student."""
+def refit(pool, run: dict, args):
+    """A fresh student (args.student_net, else the run's own net) trained
+    args.epochs passes over `pool` with the run's SGD momentum and weight decay,
+    its rate annealed from args.lr to 0 (cosine; torch's scheduler), and
+    args.aug (else the run's augmentation). Returns the student."""
+    spec = get_spec(run["dataset"])
     seed_everything(args.seed)
-    student = build_model(net, spec.channels, spec.size, spec.classes)
-    optimizer = student_optimizer(student, args.lr, 0.9, 5e-4)
+    student = build_model(args.student_net or run["student_net"], spec.channels, spec.size, spec.classes)
+    optimizer = student_optimizer(student, args.lr, run["momentum"], run["weight_decay"])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    augment = build_augment(aug)
+    augment = build_augment(args.aug or run["distill_aug"])
     for _ in range(args.epochs):
         distill(student, optimizer, pool, augment, args.batch_size)
         schedule.step()
@@ -73,12 +76,11 @@ def run_row(folder: str, args) -> str:
     eval_set = load_eval_split(run["dataset"], args.data_dir, args.eval_split)
     own = build_model(run["student_net"], spec.channels, spec.size, spec.classes)
     own.load_state_dict(ckpt["student"])
-    net, aug = args.student_net or run["student_net"], args.aug or run["distill_aug"]
     start = time.time()
-    fresh = refit(pool, net, spec, aug, args)
+    fresh = refit(pool, run, args)
     cells = (os.path.basename(os.path.normpath(folder)), f"{len(pool):,}", run["student_net"],
              f"{evaluate(own, *eval_set)[1]:.2f}", f"{agreement(own, pool):.1f}",
-             f"{net}, {args.epochs} ep, {aug}", f"{evaluate(fresh, *eval_set)[1]:.2f}",
+             f"{args.student_net or run['student_net']}, {args.epochs} ep, {args.aug or run['distill_aug']}", f"{evaluate(fresh, *eval_set)[1]:.2f}",
              f"{agreement(fresh, pool):.1f}", f"{time.time() - start:.0f}")
     return "| " + " | ".join(cells) + " |"
 

@@ -612,9 +612,9 @@ def test_refit_trains_a_fresh_student_on_a_runs_pool_alone(workspace, tmp_path):
     by_hand = sum(int(own.eval()(x[None].float() / 255).argmax()) == int(a)
                   for x, a in zip(ckpt["pool"]["images"], ckpt["pool"]["answers"]))
     assert refit.agreement(own, pool) == pytest.approx(100 * by_hand / len(pool))
-    args = refit.parse_args([run_dir, "--epochs=2", "--batch_size=8", f"--data_dir={workspace['data_dir']}",
-                             f"--out={tmp_path}"])
-    first, second = (refit.refit(pool, "lenet", refit.get_spec("mnist"), "crop", args) for _ in range(2))
+    argv = [run_dir, "--epochs=2", "--batch_size=8", f"--data_dir={workspace['data_dir']}", f"--out={tmp_path}"]
+    args = refit.parse_args(argv)
+    first, second = (refit.refit(pool, run, refit.parse_args([*argv, "--aug=crop"])) for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     with open(refit.main(args)) as f:
         row = [line for line in f if line.startswith("| refit |")]
