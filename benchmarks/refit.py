@@ -50,17 +50,22 @@ def agreement(student, pool) -> float:
     return 100.0 * (predict(student, pool.images).argmax(1) == top1(pool.answers)).float().mean().item()
 
 
+def student_and_aug(run: dict, args):
+    """The refit's net and augmentation: the flags given, else the run's own."""
+    return args.student_net or run["student_net"], args.aug or run["distill_aug"]
+
+
 def refit(pool, run: dict, args):
     """A fresh student (args.student_net, else the run's own net) trained
     args.epochs passes over `pool` with the run's SGD momentum and weight decay,
     its rate annealed from args.lr to 0 (cosine; torch's scheduler), and
     args.aug (else the run's augmentation). Returns the student."""
-    spec = get_spec(run["dataset"])
+    spec, (net, aug) = get_spec(run["dataset"]), student_and_aug(run, args)
     seed_everything(args.seed)
-    student = build_model(args.student_net or run["student_net"], spec.channels, spec.size, spec.classes)
+    student = build_model(net, spec.channels, spec.size, spec.classes)
     optimizer = student_optimizer(student, args.lr, run["momentum"], run["weight_decay"])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    augment = build_augment(args.aug or run["distill_aug"])
+    augment = build_augment(aug)
     for _ in range(args.epochs):
         distill(student, optimizer, pool, augment, args.batch_size)
         schedule.step()
@@ -76,11 +81,12 @@ def run_row(folder: str, args) -> str:
     eval_set = load_eval_split(run["dataset"], args.data_dir, args.eval_split)
     own = build_model(run["student_net"], spec.channels, spec.size, spec.classes)
     own.load_state_dict(ckpt["student"])
+    net, aug = student_and_aug(run, args)
     start = time.time()
     fresh = refit(pool, run, args)
     cells = (os.path.basename(os.path.normpath(folder)), f"{len(pool):,}", run["student_net"],
              f"{evaluate(own, *eval_set)[1]:.2f}", f"{agreement(own, pool):.1f}",
-             f"{args.student_net or run['student_net']}, {args.epochs} ep, {args.aug or run['distill_aug']}", f"{evaluate(fresh, *eval_set)[1]:.2f}",
+             f"{net}, {args.epochs} ep, {aug}", f"{evaluate(fresh, *eval_set)[1]:.2f}",
              f"{agreement(fresh, pool):.1f}", f"{time.time() - start:.0f}")
     return "| " + " | ".join(cells) + " |"
 
