@@ -203,6 +203,22 @@ def test_ideal_one_query_per_sample(workspace):
     assert saved["epochs"] == 2 and saved["threads"] == summary["threads"] == torch.get_num_threads()
 
 
+def test_ideal_wall_time_leaves_out_loading_the_teacher(workspace, monkeypatch):
+    """wall_s is the training loop's time, for a new run as for a resumed one:
+    a teacher that takes 1000 s to load does not show in it."""
+    import utils.experiment
+    clock, real_open = [0.0], ideal.open_teacher
+
+    def slow_open(*args):
+        clock[0] += 1000.0
+        return real_open(*args)
+
+    monkeypatch.setattr(utils.experiment.time, "time", lambda: 1e9 + clock[0])
+    monkeypatch.setattr(ideal, "open_teacher", slow_open)
+    summary, _ = run_ideal(workspace, "--epochs=1", "--exp_name=slow_teacher")
+    assert summary["wall_s"] == 0.0
+
+
 def test_ideal_relabel_every_epoch_counts_reference_queries(workspace):
     e, b = 3, 10
     summary, run_dir = run_ideal(workspace, f"--epochs={e}", "--relabel_every_epoch", "--exp_name=relabel")

@@ -90,7 +90,8 @@ class Run:
             if os.path.isfile(best):  # written before last.pt: never behind it
                 state["best_acc"] = load_checkpoint(best, self.device)["test_acc"]
             record_resume(self.dir, self.saved, self.args, from_epoch=state["epoch"], queries=self.teacher.queries)
-        else:
+        else:  # the clock starts here, as a resume's does: loading the teacher and data is not the run's time
+            self.t0 = time.time()
             self.save(state, parts)
         save_args(self.args, self.dir)
         self.writer = SummaryWriter(self.dir)
