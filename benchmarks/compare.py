@@ -603,6 +603,12 @@ def markdown(rows, records, args):
     return "\n".join(lines) + "\n"
 
 
+def sample_std(values):
+    """The tables' spread (statistics.stdev, n - 1), 0 for a single run: a
+    figure's error bar is the +- its table prints."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def band(curves):
     """Mean, min and max over seeds of accuracy against queries, on the union of
     their query counts. A seed counts only between its first and last point, so
@@ -620,7 +626,8 @@ def band(curves):
 
 def plot(records, dataset, path):
     """Accuracy against queries, mean line and a min-max band over seeds; an x
-    marks the last point of a run still under way."""
+    marks the last point of a run still under way. A method run per budget is
+    a point per budget, its error bar the table's +- (sample_std)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -632,7 +639,7 @@ def plot(records, dataset, path):
         if METHODS[method].per_budget:  # one point per budget, from its own runs
             budgets = sorted({r["budget"] for r in rs})
             accs = [[r["final_acc"] for r in rs if r["budget"] == b] for b in budgets]
-            ax.errorbar(budgets, [np.mean(a) for a in accs], yerr=[np.std(a) for a in accs],
+            ax.errorbar(budgets, [np.mean(a) for a in accs], yerr=[sample_std(a) for a in accs],
                         marker="o", capsize=3, label=method)
             continue
         by_seed = {r["seed"]: r for r in rs}  # one curve per seed

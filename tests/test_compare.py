@@ -181,6 +181,11 @@ def test_band_draws_a_run_under_way_only_as_far_as_it_has_spent():
     assert mean.tolist() == [30.0, 45.0, 55.0, 70.0]  # at 20: (50 + 40) / 2, at 30: (60 + 50) / 2, interpolated
 
 
+def test_figure_error_bars_are_the_tables_sample_std():
+    assert compare.sample_std([90.0, 92.0, 94.0]) == statistics.stdev([90.0, 92.0, 94.0]) == 2.0
+    assert compare.sample_std([9.74]) == 0.0  # one run: no bar, where the table prints nan
+
+
 def test_per_budget_method_runs_once_per_budget():
     args = compare.parse_args(["--methods=dfme,noise", "--datasets=mnist", "--seeds=1,2",
                                "--budgets=5000,25000"])
