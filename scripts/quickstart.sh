@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine to a distilled MNIST student on the CPU in about a quarter of an hour:
 # install, pretrain a LeNet teacher (skipped if one exists), run IDEAL with the
-# best method measured, print the student's accuracy and the number of teacher queries.
+# method measured best on our teacher, print the student's accuracy and the number of teacher queries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,7 +13,8 @@ else
   # 3 epochs of the README's teacher recipe reach 99.2% on MNIST.
   $PY pretrain.py --dataset=mnist --net=lenet --epochs=3
 fi
-# The best method measured (docs/RESULTS.md, issue 19): the paper's E=100, B=250 (25,000
+# The method measured best on our teacher `main` (docs/RESULTS.md, issue 19; over teachers
+# of the same recipe it ties with image priors alone as candidates): the paper's E=100, B=250 (25,000
 # queries, one per stored image) with --preset=best (configs/best.json: a narrower generator,
 # ngf 16 not 64, 10 steps not 30 at lr_g 1e-2 not 1e-3, kept warm from epoch to epoch), and
 # two more sources of candidates beside the generator's B images: B of DIP-KD's procedural
