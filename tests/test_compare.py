@@ -181,9 +181,23 @@ def test_band_draws_a_run_under_way_only_as_far_as_it_has_spent():
     assert mean.tolist() == [30.0, 45.0, 55.0, 70.0]  # at 20: (50 + 40) / 2, at 30: (60 + 50) / 2, interpolated
 
 
-def test_figure_error_bars_are_the_tables_sample_std():
-    assert compare.sample_std([90.0, 92.0, 94.0]) == statistics.stdev([90.0, 92.0, 94.0]) == 2.0
-    assert compare.sample_std([9.74]) == 0.0  # one run: no bar, where the table prints nan
+def test_figure_error_bars_are_the_tables_sample_std(tmp_path, monkeypatch):
+    """A per-budget method's point carries the +- its table prints (n - 1), and
+    a single run no bar."""
+    import matplotlib.axes
+    drawn = {}
+    real = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, yerr=None, **kwargs):
+        drawn.update(zip(x, yerr))
+        return real(self, x, y, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    base = {"dataset": "mnist", "method": "naive", "teacher": "main", "teacher_acc": 99.0, "eval_split": "test"}
+    records = [{**base, "budget": 5000, "final_acc": acc} for acc in (90.0, 92.0, 94.0)]
+    records.append({**base, "budget": 25000, "final_acc": 9.74})
+    compare.plot(records, "mnist", str(tmp_path / "f.png"))
+    assert drawn == {5000: statistics.stdev([90.0, 92.0, 94.0]), 25000: 0.0}
 
 
 def test_per_budget_method_runs_once_per_budget():
