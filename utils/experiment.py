@@ -53,7 +53,6 @@ class Run:
             if check is not None:
                 check(args, self.saved, self.ckpt, self.paid)
         seed_everything(args.seed)
-        self.t0 = time.time()
 
     @property
     def resumed(self) -> bool:
@@ -90,12 +89,12 @@ class Run:
             if os.path.isfile(best):  # written before last.pt: never behind it
                 state["best_acc"] = load_checkpoint(best, self.device)["test_acc"]
             record_resume(self.dir, self.saved, self.args, from_epoch=state["epoch"], queries=self.teacher.queries)
-        else:  # the clock starts here, as a resume's does: loading the teacher and data is not the run's time
-            self.t0 = time.time()
+        # the run's clock, set here for new and resumed runs alike: loading the teacher and data is not its time
+        self.t0 = time.time() - state["wall_s"]
+        if not self.resumed:
             self.save(state, parts)
         save_args(self.args, self.dir)
         self.writer = SummaryWriter(self.dir)
-        self.t0 = time.time() - state["wall_s"]
         return state
 
     def save(self, state: dict, parts: dict, best=None) -> None:
