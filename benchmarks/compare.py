@@ -412,11 +412,15 @@ def run_all_ray(args, jobs):
 
 def read_curve(folder, split="test"):
     """[(queries, accuracy on `split`, seconds so far)] of a run, in order, one
-    point per evaluation; a resumed run's repeated steps keep their newest value."""
+    point per evaluation; a resumed run's repeated steps keep their newest value.
+    Empty for a run that has not been evaluated yet (one labelling its pool
+    before any training logs queries but no accuracy)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(folder, size_guidance={"scalars": 0})
     events.Reload()
     tags = events.Tags()["scalars"]
+    if f"{split}/acc" not in tags or "queries" not in tags:
+        return []
 
     def by_step(tag):
         return newest_per_step(events.Scalars(tag))

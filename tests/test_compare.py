@@ -162,6 +162,26 @@ def test_unfinished_runs_report_only_the_budgets_they_passed(sweep, tmp_path):
     assert {r["seed"] for r in compare.collect(args, compare.plan(args))} == {1}
 
 
+def test_a_run_not_yet_evaluated_is_left_out_of_an_unfinished_report(sweep, tmp_path):
+    """A run still labelling its pool (--label_first) has logged queries but no
+    accuracy: --unfinished passes over it instead of failing the report."""
+    from torch.utils.tensorboard import SummaryWriter
+    flags = [f for f in sweep["flags"] if not f.startswith(("--methods", "--seeds", "--out"))]
+    args = compare.parse_args([*flags, "--methods=noise", "--seeds=1,2", "--budgets=20", "--report_only",
+                               "--unfinished", f"--out={tmp_path}"])
+    args.save_dir = str(tmp_path / "runs")
+    shutil.copytree(sweep["args"].save_dir, args.save_dir)
+    folder = compare.run_dir(args, next(j for j in compare.plan(args) if j.seed == 2))
+    os.remove(os.path.join(folder, "summary.json"))
+    for name in os.listdir(folder):
+        if name.startswith("events.out.tfevents"):
+            os.remove(os.path.join(folder, name))
+    with SummaryWriter(folder) as writer:
+        writer.add_scalar("queries", 10, 1)
+    assert compare.read_curve(folder) == []
+    assert [(r["seed"], r["budget"]) for r in compare.collect(args, compare.plan(args))] == [(1, 20)]
+
+
 def test_at_budget_reads_the_last_point_within_it():
     curve = [(10, 30.0, 1.0), (20, 50.0, 2.0), (30, 40.0, 3.0), (40, 60.0, 4.0)]
     assert compare.at_budget(curve, 5) is None
