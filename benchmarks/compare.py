@@ -492,6 +492,9 @@ def collect(args, jobs):
             continue
         split = summary.get("eval_split", "test")  # val: held-out training images (ideal.py --eval_split)
         curve = read_curve(folder, split)
+        if not curve and not summary.get("unfinished"):  # only a run under way may have no points yet
+            raise UserError(f"{folder} has a summary.json but no {split}/acc in its TensorBoard events; "
+                            "restore its events files or move the run out of --save_dir")
         for budget in readable_budgets(args, job, summary, curve):
             point = at_budget(curve, budget)
             if point is None:

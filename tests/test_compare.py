@@ -180,6 +180,9 @@ def test_a_run_not_yet_evaluated_is_left_out_of_an_unfinished_report(sweep, tmp_
         writer.add_scalar("queries", 10, 1)
     assert compare.read_curve(folder) == []
     assert [(r["seed"], r["budget"]) for r in compare.collect(args, compare.plan(args))] == [(1, 20)]
+    open(os.path.join(folder, "summary.json"), "w").write("{}")  # finished, yet no curve: refused, not dropped
+    with pytest.raises(compare.UserError, match="no test/acc"):
+        compare.collect(args, compare.plan(args))
 
 
 def test_at_budget_reads_the_last_point_within_it():
