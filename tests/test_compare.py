@@ -180,7 +180,8 @@ def test_a_run_not_yet_evaluated_is_left_out_of_an_unfinished_report(sweep, tmp_
         writer.add_scalar("queries", 10, 1)
     assert compare.read_curve(folder) == []
     assert [(r["seed"], r["budget"]) for r in compare.collect(args, compare.plan(args))] == [(1, 20)]
-    open(os.path.join(folder, "summary.json"), "w").write("{}")  # finished, yet no curve: refused, not dropped
+    with open(os.path.join(folder, "summary.json"), "w") as f:  # finished, yet no curve: refused, not dropped
+        f.write("{}")
     with pytest.raises(compare.UserError, match="no test/acc"):
         compare.collect(args, compare.plan(args))
 
