@@ -16,6 +16,9 @@ whose schedule depends on its budget (DFME's LR steps) runs once per budget.
 Runs are resumable: a finished run (summary.json) is skipped, an interrupted
 one is continued with --resume, so a long sweep can be stopped and started
 again. Writes RESULTS/compare.md, compare.json and compare_<dataset>.png.
+A machine lost mid-sweep loses its run folders, not its results: --keep
+takes the finished results of earlier reports' compare.json for the runs
+this machine no longer has, and the new ones run beside them.
 With --backend=ray the same jobs run as Ray tasks (benchmarks/ray_backend.py).
 """
 import argparse
@@ -205,6 +208,9 @@ def parse_args(argv=None):
     p.add_argument("--data_dir", default="data")
     p.add_argument("--out", default="benchmarks/results", help="where compare.md/.json/.png go")
     p.add_argument("--report_only", action="store_true", help="run nothing; report the finished runs")
+    p.add_argument("--keep", default="",
+                   help="comma-separated compare.json files of earlier reports: their finished results count for "
+                        "this sweep's runs whose folders are not under --save_dir (a machine that was lost)")
     return check_args(p, p.parse_args(argv))
 
 
@@ -224,6 +230,10 @@ def check_args(p, args):
     for flag in args.job_flags.split():
         if flag.split("=")[0] in BUDGET_DEPENDENT:  # smaller budgets could not be read off one run
             p.error(f"{flag} makes a run depend on its length; give it a method of its own with per_budget=True")
+    args.keep = [k for k in args.keep.split(",") if k]
+    for path in args.keep:
+        if not os.path.isfile(path):
+            p.error(f"--keep: no file {path}; give the compare.json of an earlier report")
     for name in args.datasets:
         if name not in BUDGETS and not args.budgets:
             p.error(f"no default budgets for '{name}'; pass --budgets")
@@ -512,6 +522,39 @@ def collect(args, jobs):
     return records
 
 
+def kept_records(args, jobs):
+    """The finished results of earlier reports (--keep) for this sweep's jobs
+    whose run folders are not under --save_dir, each once (the first report
+    that has it wins). They carry no curve. One asked of another teacher than
+    the file here (its recorded accuracy differs) is refused."""
+    wanted = {}
+    for job in jobs:
+        if not os.path.isdir(run_dir(args, job)):
+            budgets = [job.budget] if METHODS[job.method].per_budget else budgets_for(args, job.dataset)
+            for budget in budgets:
+                wanted[(job.method, job.dataset, job.teacher, job.seed, budget)] = job
+    records, seen = [], set()
+    for path in args.keep:
+        with open(path) as f:
+            runs = json.load(f).get("runs", [])
+        for r in runs:
+            r = {"teacher": "main", **r}  # reports before teachers were a dimension asked only `main`
+            key = (r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"])
+            if key not in wanted or r.get("unfinished") or (*key, r["eval_split"]) in seen:
+                continue
+            check_kept_teacher(args, r, path)
+            seen.add((*key, r["eval_split"]))
+            records.append({**r, "curve": [], "kept_from": r.get("kept_from", path)})  # the first report named
+    return records
+
+
+def check_kept_teacher(args, record, path):
+    teacher = teacher_path(args, record["teacher"], record["dataset"])
+    if os.path.isfile(teacher) and abs(teacher_file_acc(teacher) - record["teacher_acc"]) > 0.005:
+        raise UserError(f"--keep {path}: {record['run']} asked a teacher of {record['teacher_acc']:.2f}%, but "
+                        f"{teacher} scores {teacher_file_acc(teacher):.2f}%: another teacher; report it apart")
+
+
 def aggregate(records):
     """Mean +- std (sample std, n-1) over seeds per (dataset, method, budget)."""
     groups = {}
@@ -590,6 +633,10 @@ def markdown(rows, records, args):
              "the test set. Mean +- std over the seeds listed (sample std). A method marked [val] was "
              "scored on held-out training images (ideal.py --eval_split=val), not the test set. A starred "
              "seed was read from a run still under way (--unfinished), at a budget it had already spent.", ""]
+    kept = sorted({r["kept_from"] for r in records if r.get("kept_from")})
+    if kept:
+        lines += [f"{sum(bool(r.get('kept_from')) for r in records)} of the {len(records)} results were read from "
+                  f"earlier reports ({', '.join(kept)}; --keep), their run folders no longer on this machine.", ""]
     for dataset, teacher in dict.fromkeys((r["dataset"], r["teacher"]) for r in rows):
         ours = [r for r in rows if (r["dataset"], r["teacher"]) == (dataset, teacher)]
         lines += [f"## {dataset}, teacher {teacher} ({ours[0]['teacher_acc']:.2f}%; {TEACHERS[teacher].about}), "
@@ -633,8 +680,9 @@ def band(curves):
 
 def plot(records, dataset, path):
     """Accuracy against queries, mean line and a min-max band over seeds; an x
-    marks the last point of a run still under way. A method run per budget is
-    a point per budget, its error bar the table's +- (sample_std)."""
+    marks the last point of a run still under way. A method run per budget, or
+    one with results kept from an earlier report (no curve), is a point per
+    budget, its error bar the table's +- (sample_std)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -643,7 +691,7 @@ def plot(records, dataset, path):
     ours = [r for r in records if r["dataset"] == dataset]
     for method in dict.fromkeys(r["method"] for r in ours):
         rs = [r for r in ours if r["method"] == method]
-        if METHODS[method].per_budget:  # one point per budget, from its own runs
+        if METHODS[method].per_budget or not all(r["curve"] for r in rs):  # a point per budget (kept: no curve)
             budgets = sorted({r["budget"] for r in rs})
             accs = [[r["final_acc"] for r in rs if r["budget"] == b] for b in budgets]
             ax.errorbar(budgets, [np.mean(a) for a in accs], yerr=[sample_std(a) for a in accs],
@@ -670,7 +718,7 @@ def plot(records, dataset, path):
 
 
 def report(args, jobs):
-    records = collect(args, jobs)
+    records = collect(args, jobs) + kept_records(args, jobs)
     if not records:
         tqdm.write("no finished runs to report yet")
         return []

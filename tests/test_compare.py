@@ -345,3 +345,34 @@ def test_a_teacher_of_another_net_keeps_the_sweeps_student(sweep):
     assert summary["queries"] == 20
     saved = json.load(open(os.path.join(compare.run_dir(args, job), "args.json")))
     assert (saved["net"], saved["student_net"]) == ("lenet5", "lenet")
+
+
+def test_keep_fills_in_the_runs_this_machine_no_longer_has(sweep, tmp_path):
+    """--keep: an earlier report's finished results stand for run folders that
+    are gone; runs still here win; a report of another teacher is refused."""
+    flags = [f for f in sweep["flags"] if not f.startswith("--out")]
+    kept = str(sweep["root"] / "results" / "compare.json")
+    args = compare.parse_args([*flags, "--report_only", f"--keep={kept}", f"--out={tmp_path / 'out'}"])
+    args.save_dir = str(tmp_path / "runs")
+    shutil.copytree(sweep["args"].save_dir, args.save_dir)
+    shutil.rmtree(compare.run_dir(args, compare.Job("ideal_cpu", "mnist", 2, 40)))  # the lost run
+    compare.report(args, compare.plan(args))
+    before = {(r["method"], r["seed"], r["budget"]): r for r in sweep["results"]["runs"]}
+    after = json.load(open(tmp_path / "out" / "compare.json"))["runs"]
+    assert sorted(before) == sorted((r["method"], r["seed"], r["budget"]) for r in after)
+    for r in after:
+        assert r["final_acc"] == before[(r["method"], r["seed"], r["budget"])]["final_acc"]
+        assert bool(r.get("kept_from")) == ((r["method"], r["seed"]) == ("ideal_cpu", 2))
+    assert "2 of the 8 results were read from earlier reports" in open(tmp_path / "out" / "compare.md").read()
+    assert os.path.isfile(tmp_path / "out" / "compare_mnist.png")  # drawn as points per budget
+    teacher = compare.teacher_path(args, "main", "mnist")
+    ckpt = load_checkpoint(teacher, "cpu")
+    torch.save({**ckpt, "test_acc": ckpt["test_acc"] - 0.5}, teacher)  # another teacher here
+    with pytest.raises(compare.UserError, match="another teacher"):
+        compare.kept_records(args, compare.plan(args))
+
+
+def test_keep_needs_an_existing_report(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args([f"--keep={tmp_path / 'nothing.json'}"])
+    assert "--keep: no file" in capsys.readouterr().err
