@@ -347,29 +347,64 @@ def test_a_teacher_of_another_net_keeps_the_sweeps_student(sweep):
     assert (saved["net"], saved["student_net"]) == ("lenet5", "lenet")
 
 
-def test_keep_fills_in_the_runs_this_machine_no_longer_has(sweep, tmp_path):
-    """--keep: an earlier report's finished results stand for run folders that
-    are gone; runs still here win; a report of another teacher is refused."""
+def test_keep_fills_in_the_rows_this_machine_no_longer_has(sweep, tmp_path):
+    """--keep: an earlier report's finished results stand for rows whose runs
+    are gone; a row with a run here is read from here alone."""
     flags = [f for f in sweep["flags"] if not f.startswith("--out")]
     kept = str(sweep["root"] / "results" / "compare.json")
     args = compare.parse_args([*flags, "--report_only", f"--keep={kept}", f"--out={tmp_path / 'out'}"])
     args.save_dir = str(tmp_path / "runs")
     shutil.copytree(sweep["args"].save_dir, args.save_dir)
-    shutil.rmtree(compare.run_dir(args, compare.Job("ideal_cpu", "mnist", 2, 40)))  # the lost run
+    for seed in (1, 2):  # the lost rows: ideal_cpu at every budget
+        shutil.rmtree(compare.run_dir(args, compare.Job("ideal_cpu", "mnist", seed, 40)))
+    shutil.rmtree(compare.run_dir(args, compare.Job("noise", "mnist", 2, 40)))  # noise's rows: seed 1 only, here
     compare.report(args, compare.plan(args))
     before = {(r["method"], r["seed"], r["budget"]): r for r in sweep["results"]["runs"]}
     after = json.load(open(tmp_path / "out" / "compare.json"))["runs"]
-    assert sorted(before) == sorted((r["method"], r["seed"], r["budget"]) for r in after)
+    assert sorted((r["method"], r["seed"], r["budget"]) for r in after) == sorted(
+        k for k in before if k[:2] != ("noise", 2))  # never a row of kept and new seeds
     for r in after:
         assert r["final_acc"] == before[(r["method"], r["seed"], r["budget"])]["final_acc"]
-        assert bool(r.get("kept_from")) == ((r["method"], r["seed"]) == ("ideal_cpu", 2))
-    assert "2 of the 8 results were read from earlier reports" in open(tmp_path / "out" / "compare.md").read()
-    assert os.path.isfile(tmp_path / "out" / "compare_mnist.png")  # drawn as points per budget
-    teacher = compare.teacher_path(args, "main", "mnist")
-    ckpt = load_checkpoint(teacher, "cpu")
-    torch.save({**ckpt, "test_acc": ckpt["test_acc"] - 0.5}, teacher)  # another teacher here
-    with pytest.raises(compare.UserError, match="another teacher"):
-        compare.kept_records(args, compare.plan(args))
+        assert bool(r.get("kept_from")) == (r["method"] == "ideal_cpu")
+        assert r["teacher_sha256"] == sweep["results"]["runs"][0]["teacher_sha256"] is not None
+    table = open(tmp_path / "out" / "compare.md").read()
+    assert "4 of the 6 results were read from earlier reports" in table
+    assert "| 1 (1) |" in table  # noise: seed 1, from here
+    assert os.path.isfile(tmp_path / "out" / "compare_mnist.png")  # ideal_cpu drawn as points per budget
+
+
+def test_a_row_never_mixes_teacher_files():
+    """Seeds of one row asked one teacher file: a row of two is refused, and a
+    result that recorded no sha256 is known by its accuracy alone."""
+    base = {"dataset": "mnist", "teacher": "main", "method": "naive", "budget": 100, "eval_split": "test",
+            "final_acc": 9.74, "best_acc": 9.74, "queries": 100, "wall_s": 1.0, "device": "cpu", "threads": 1,
+            "unfinished": False, "teacher_acc": 99.21}
+    one = [{**base, "seed": s, "teacher_sha256": "ab" * 32} for s in (1, 2)]
+    [row] = compare.aggregate(one)
+    assert row["teacher_id"] == "99.21%, abababab"
+    with pytest.raises(compare.UserError, match="mixes teacher files"):
+        compare.aggregate(one + [{**base, "seed": 3, "teacher_sha256": None}])
+    assert compare.aggregate([{**base, "seed": 3}])[0]["teacher_id"] == "99.21%, sha256 not recorded"
+
+
+def test_a_shipped_teacher_is_copied_not_trained(sweep, tmp_path, monkeypatch):
+    """ensure_teachers takes the repository's copy of a teacher (the file the
+    published rows asked) and trains from the recipe only with --fresh_teachers."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    source = os.path.join(sweep["args"].save_dir, "teachers", "mnist_lenet.pt")
+    shutil.copyfile(source, shipped / "mnist_lenet_sgd.pt")
+    monkeypatch.setattr(compare, "SHIPPED", str(shipped))
+    flags = [f for f in sweep["flags"] if not f.startswith("--save_dir")]
+    args = compare.parse_args([*flags, "--teachers=sgd", f"--save_dir={tmp_path / 'runs'}"])
+    trained = []
+    monkeypatch.setattr(compare.subprocess, "run",
+                        lambda cmd, **k: trained.append(cmd) or compare.subprocess.CompletedProcess(cmd, 0))
+    compare.ensure_teachers(args)
+    assert trained == [] and open(compare.teacher_path(args, "sgd", "mnist"), "rb").read() == open(source, "rb").read()
+    args = compare.parse_args([*flags, "--teachers=sgd", "--fresh_teachers", f"--save_dir={tmp_path / 'fresh'}"])
+    compare.ensure_teachers(args)
+    assert len(trained) == 1 and "--schedule=none" in trained[0]  # the sgd recipe's training
 
 
 def test_keep_needs_an_existing_report(tmp_path, capsys):
