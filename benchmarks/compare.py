@@ -44,7 +44,7 @@ sys.path.insert(0, ROOT)
 from methods.synthesizers import SYNTHESIZERS  # noqa: E402
 from utils.report import newest_per_step  # noqa: E402
 from utils.run import UserError, load_checkpoint  # noqa: E402
-from utils.teacher import read_meta, teacher_format  # noqa: E402
+from utils.teacher import file_sha256, read_meta, teacher_format  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -554,17 +554,9 @@ def row_key(r):
     return r["dataset"], r["teacher"], r["method"], r["budget"], r["eval_split"]
 
 
-def kept_records(args, jobs, records):
-    """The finished results of earlier reports (--keep) for this sweep's rows
-    that no run here speaks for: a row is read from this machine's runs or
-    from a kept report, never from both, so its seeds share one teacher
-    file. The first report that has a (row, seed) wins. They carry no curve."""
-    here = {row_key(r) for r in records}
-    wanted = {}
-    for job in jobs:
-        budgets = [job.budget] if METHODS[job.method].per_budget else budgets_for(args, job.dataset)
-        for budget in budgets:
-            wanted[(job.method, job.dataset, job.teacher, job.seed, budget)] = job
+def read_kept(args):
+    """Every finished result of the --keep reports, each (job, budget, split)
+    once: the first report that has it wins."""
     kept, seen = [], set()
     for path in args.keep:
         with open(path) as f:
@@ -572,11 +564,45 @@ def kept_records(args, jobs, records):
         for r in runs:
             r = {"teacher": "main", "teacher_sha256": None, **r}  # reports before teachers were a dimension
             key = (r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"], r["eval_split"])
-            if key[:5] not in wanted or r.get("unfinished") or row_key(r) in here or key in seen:
-                continue
-            seen.add(key)
-            kept.append({**r, "curve": [], "kept_from": r.get("kept_from", path)})  # the first report named
+            if not r.get("unfinished") and key not in seen:
+                seen.add(key)
+                kept.append({**r, "curve": [], "kept_from": r.get("kept_from", path)})  # the first report named
     return kept
+
+
+def job_budgets(args, job):
+    return [job.budget] if METHODS[job.method].per_budget else budgets_for(args, job.dataset)
+
+
+def kept_records(args, jobs, records):
+    """The kept results (--keep) for this sweep's (job, budget)s that no run
+    here speaks for. A row with runs here takes a kept result only when both
+    asked the same teacher file (sha256), so a row never mixes teachers."""
+    here = {row_key(r): teacher_id(r) for r in records}
+    ran = {(r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"], r["eval_split"]) for r in records}
+    wanted = {(j.method, j.dataset, j.teacher, j.seed, b) for j in jobs for b in job_budgets(args, j)}
+    return [r for r in read_kept(args)
+            if (r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"]) in wanted
+            and (r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"], r["eval_split"]) not in ran
+            and (row_key(r) not in here or (r["teacher_sha256"] and here[row_key(r)] == teacher_id(r)))]
+
+
+def to_run(args, jobs):
+    """The jobs no kept result (--keep) stands for: a job whose result at its
+    own budget a kept report holds, asked of the teacher file here (sha256),
+    is not run again on a new machine."""
+    if not args.keep:
+        return jobs
+    done = {(r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"], r["eval_split"], r["teacher_sha256"])
+            for r in read_kept(args) if r["teacher_sha256"]}
+    return [j for j in jobs if (j.method, j.dataset, j.teacher, j.seed, j.budget, job_split(args, j),
+                                file_sha256(teacher_path(args, j.teacher, j.dataset))) not in done]
+
+
+def job_split(args, job):
+    """The split a job is scored on (ideal.py --eval_split), from its flags."""
+    flags = [*METHODS[job.method].flags, *args.job_flags.split()]
+    return next((f.split("=", 1)[1] for f in reversed(flags) if f.startswith("--eval_split=")), "test")
 
 
 def teacher_id(r):
@@ -778,9 +804,10 @@ def main(args):
     failures = {}
     if not args.report_only:
         ensure_teachers(args)
-        start = time.time()
-        failures = (run_all_ray if args.backend == "ray" else run_all)(args, jobs)
-        tqdm.write(f"sweep: {len(jobs)} jobs, {len(failures)} failed, {time.time() - start:.0f} s")
+        start, todo = time.time(), to_run(args, jobs)
+        failures = (run_all_ray if args.backend == "ray" else run_all)(args, todo)
+        kept = f" ({len(jobs) - len(todo)} kept from --keep)" if len(todo) < len(jobs) else ""
+        tqdm.write(f"sweep: {len(todo)} jobs{kept}, {len(failures)} failed, {time.time() - start:.0f} s")
     report(args, jobs)
     return failures
 

@@ -347,29 +347,37 @@ def test_a_teacher_of_another_net_keeps_the_sweeps_student(sweep):
     assert (saved["net"], saved["student_net"]) == ("lenet5", "lenet")
 
 
-def test_keep_fills_in_the_rows_this_machine_no_longer_has(sweep, tmp_path):
-    """--keep: an earlier report's finished results stand for rows whose runs
-    are gone; a row with a run here is read from here alone."""
+def test_keep_fills_in_the_runs_this_machine_no_longer_has(sweep, tmp_path):
+    """--keep: an earlier report's finished results stand for runs that are
+    gone, and are not run again; in a row with runs here, only those that
+    asked the same teacher file."""
     flags = [f for f in sweep["flags"] if not f.startswith("--out")]
-    kept = str(sweep["root"] / "results" / "compare.json")
-    args = compare.parse_args([*flags, "--report_only", f"--keep={kept}", f"--out={tmp_path / 'out'}"])
+    kept = tmp_path / "kept.json"
+    report = json.load(open(sweep["root"] / "results" / "compare.json"))
+    for r in report["runs"]:
+        if (r["method"], r["seed"]) == ("noise", 2):
+            r["teacher_sha256"] = "0" * 64  # asked another teacher file
+    kept.write_text(json.dumps(report))
+    args = compare.parse_args([*flags, f"--keep={kept}", f"--out={tmp_path / 'out'}"])
     args.save_dir = str(tmp_path / "runs")
     shutil.copytree(sweep["args"].save_dir, args.save_dir)
-    for seed in (1, 2):  # the lost rows: ideal_cpu at every budget
-        shutil.rmtree(compare.run_dir(args, compare.Job("ideal_cpu", "mnist", seed, 40)))
-    shutil.rmtree(compare.run_dir(args, compare.Job("noise", "mnist", 2, 40)))  # noise's rows: seed 1 only, here
-    compare.report(args, compare.plan(args))
+    for job in compare.plan(args):
+        if job.method == "ideal_cpu" or job.seed == 2:  # the lost runs
+            shutil.rmtree(compare.run_dir(args, job))
+    assert [(j.method, j.seed) for j in compare.to_run(args, compare.plan(args))] == [("noise", 2)]
+    args.report_only = True
+    compare.main(args)
     before = {(r["method"], r["seed"], r["budget"]): r for r in sweep["results"]["runs"]}
     after = json.load(open(tmp_path / "out" / "compare.json"))["runs"]
     assert sorted((r["method"], r["seed"], r["budget"]) for r in after) == sorted(
-        k for k in before if k[:2] != ("noise", 2))  # never a row of kept and new seeds
+        k for k in before if k[:2] != ("noise", 2))  # another teacher's results never join a row of runs here
     for r in after:
         assert r["final_acc"] == before[(r["method"], r["seed"], r["budget"])]["final_acc"]
         assert bool(r.get("kept_from")) == (r["method"] == "ideal_cpu")
         assert r["teacher_sha256"] == sweep["results"]["runs"][0]["teacher_sha256"] is not None
     table = open(tmp_path / "out" / "compare.md").read()
     assert "4 of the 6 results were read from earlier reports" in table
-    assert "| 1 (1) |" in table  # noise: seed 1, from here
+    assert "| noise | 20 | 20 |" in table and "| 1 (1) |" in table  # noise: seed 1 alone, from here
     assert os.path.isfile(tmp_path / "out" / "compare_mnist.png")  # ideal_cpu drawn as points per budget
 
 
