@@ -18,7 +18,7 @@ from utils.evaluation import evaluate
 from utils.experiment import Run
 from utils.report import base_summary, log_test
 from utils.run import UserError, run_cli, to_device
-from utils.teacher import load_blackbox_teacher
+from utils.teacher import file_sha256, load_blackbox_teacher
 
 PHASES = ("generate", "distill", "test")
 SETTINGS = ("batch_size", "nz", "lr_s", "lr_g", "g_iter", "d_iter", "grad_m", "grad_epsilon", "lr_steps", "lr_decay")
@@ -62,6 +62,7 @@ def resolve_args(args):  # the defaults that follow from other flags; impossible
                         f"({per_iteration} queries at this batch_size, g_iter, d_iter and grad_m)")
     args.bb_mode = "soft"  # DFME trains on the teacher's probabilities
     name_the_run(args)
+    args.teacher_sha256 = file_sha256(args.teacher_ckpt)  # which teacher file answered (compare.py's rows)
     check_flags(args, args.batch_size * (args.grad_m + 1))  # finite floats, names, sizes, memory
     return args
 

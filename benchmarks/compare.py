@@ -39,7 +39,7 @@ from queue import Queue
 from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = os.path.join(ROOT, "benchmarks", "teachers")  # the teacher files the published rows asked
+SHIPPED = os.path.join(ROOT, "benchmarks", "teachers")  # the teachers of the rows measured since 2026-12-02
 sys.path.insert(0, ROOT)
 from methods.synthesizers import SYNTHESIZERS  # noqa: E402
 from utils.report import newest_per_step  # noqa: E402
@@ -330,15 +330,17 @@ def shipped_teacher(args, name, dataset):
 
 def ensure_teachers(args):
     """Put each (dataset, teacher) under --save_dir once: the repository's copy
-    where it ships one (the file its published rows asked; a teacher trained
-    again differs in its last bits, and on another machine in its accuracy),
-    else trained from its recipe. Every method of the sweep then asks it."""
+    where it ships one (the file the rows measured since 2026-12-02 asked; a
+    teacher trained again differs in its last bits, and on another machine in
+    its accuracy), else trained from its recipe (--fresh_teachers, or
+    --teacher_epochs). Every method of the sweep then asks it."""
     for dataset in args.datasets:
         for name in args.teachers:
             path, teacher = teacher_path(args, name, dataset), TEACHERS[name]
             if os.path.isfile(path):
                 continue
-            shipped = None if args.fresh_teachers else shipped_teacher(args, name, dataset)
+            trains = args.fresh_teachers or args.teacher_epochs  # a teacher of other epochs is not the shipped one
+            shipped = None if trains else shipped_teacher(args, name, dataset)
             if shipped:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 shutil.copyfile(shipped, path)
@@ -554,18 +556,19 @@ def row_key(r):
     return r["dataset"], r["teacher"], r["method"], r["budget"], r["eval_split"]
 
 
+def result_key(r):
+    return r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"], r["eval_split"]
+
+
 def read_kept(args):
-    """Every finished result of the --keep reports, each (job, budget, split)
-    once: the first report that has it wins."""
-    kept, seen = [], set()
+    """Every finished result of the --keep reports, in the order given."""
+    kept = []
     for path in args.keep:
         with open(path) as f:
             runs = json.load(f).get("runs", [])
         for r in runs:
             r = {"teacher": "main", "teacher_sha256": None, **r}  # reports before teachers were a dimension
-            key = (r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"], r["eval_split"])
-            if not r.get("unfinished") and key not in seen:
-                seen.add(key)
+            if not r.get("unfinished"):
                 kept.append({**r, "curve": [], "kept_from": r.get("kept_from", path)})  # the first report named
     return kept
 
@@ -574,29 +577,59 @@ def job_budgets(args, job):
     return [job.budget] if METHODS[job.method].per_budget else budgets_for(args, job.dataset)
 
 
+def wanted_keys(args, jobs):
+    return {(j.method, j.dataset, j.teacher, j.seed, b, job_split(args, j)) for j in jobs for b in job_budgets(args, j)}
+
+
+def file_identity(args, teacher, dataset):
+    """The sha256 of the teacher file under --save_dir, or None without one."""
+    path = teacher_path(args, teacher, dataset)
+    return file_sha256(path) if os.path.isfile(path) else None
+
+
+def identity(r):
+    """What tells teacher files apart: the sha256, or the accuracy alone for a
+    result of a report that did not record it."""
+    return r["teacher_sha256"] or f"{r['teacher_acc']:.2f}%"
+
+
 def kept_records(args, jobs, records):
-    """The kept results (--keep) for this sweep's (job, budget)s that no run
-    here speaks for. A row with runs here takes a kept result only when both
-    asked the same teacher file (sha256), so a row never mixes teachers."""
-    here = {row_key(r): teacher_id(r) for r in records}
-    ran = {(r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"], r["eval_split"]) for r in records}
-    wanted = {(j.method, j.dataset, j.teacher, j.seed, b) for j in jobs for b in job_budgets(args, j)}
-    return [r for r in read_kept(args)
-            if (r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"]) in wanted
-            and (r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"], r["eval_split"]) not in ran
-            and (row_key(r) not in here or (r["teacher_sha256"] and here[row_key(r)] == teacher_id(r)))]
+    """The kept results (--keep) for this sweep's (job, budget, split)s that no
+    run here speaks for, and how many were left out. A row asks one teacher
+    file: that of its runs here; without any, the file under --save_dir if a
+    kept result asked it; else that of the first report's result."""
+    ran = {result_key(r) for r in records}
+    candidates = [r for r in read_kept(args) if result_key(r) in wanted_keys(args, jobs) and result_key(r) not in ran]
+    row_file = {row_key(r): identity(r) for r in records}
+    files = {}
+    for r in candidates:
+        if row_key(r) not in row_file:
+            here = files.setdefault((r["teacher"], r["dataset"]), file_identity(args, r["teacher"], r["dataset"]))
+            row = [c for c in candidates if row_key(c) == row_key(r)]
+            row_file[row_key(r)] = here if any(identity(c) == here for c in row) else identity(r)
+    kept, seen = [], set()
+    for r in candidates:
+        if identity(r) == row_file[row_key(r)] and result_key(r) not in seen:
+            seen.add(result_key(r))
+            kept.append(r)
+    left_out = len({result_key(r) for r in candidates} - seen)
+    return kept, left_out
 
 
 def to_run(args, jobs):
-    """The jobs no kept result (--keep) stands for: a job whose result at its
-    own budget a kept report holds, asked of the teacher file here (sha256),
-    is not run again on a new machine."""
+    """The jobs no kept result (--keep) stands for: a job whose every budget a
+    kept report holds, asked of the teacher file under --save_dir (sha256), is
+    not run again on a new machine."""
     if not args.keep:
         return jobs
-    done = {(r["method"], r["dataset"], r["teacher"], r["seed"], r["budget"], r["eval_split"], r["teacher_sha256"])
-            for r in read_kept(args) if r["teacher_sha256"]}
-    return [j for j in jobs if (j.method, j.dataset, j.teacher, j.seed, j.budget, job_split(args, j),
-                                file_sha256(teacher_path(args, j.teacher, j.dataset))) not in done]
+    done = {(*result_key(r), r["teacher_sha256"]) for r in read_kept(args) if r["teacher_sha256"]}
+    todo = []
+    for j in jobs:
+        sha = file_identity(args, j.teacher, j.dataset)
+        if not all((j.method, j.dataset, j.teacher, j.seed, b, job_split(args, j), sha) in done
+                   for b in job_budgets(args, j)):
+            todo.append(j)
+    return todo
 
 
 def job_split(args, job):
@@ -687,7 +720,7 @@ def seed_list(row):
     return ",".join(f"{s}*" if s in row["unfinished_seeds"] else str(s) for s in row["seeds"])
 
 
-def markdown(rows, records, args):
+def markdown(rows, records, args, left_out=0):
     lines = ["# IDEAL and baselines at equal, counted query budgets", "",
              "Written by `python benchmarks/compare.py`. Final = the student after the last epoch "
              "(no selection); best = the highest test accuracy along the way, which is selected on "
@@ -697,10 +730,12 @@ def markdown(rows, records, args):
     kept = sorted({r["kept_from"] for r in records if r.get("kept_from")})
     if kept:
         lines += [f"{sum(bool(r.get('kept_from')) for r in records)} of the {len(records)} results were read from "
-                  f"earlier reports ({', '.join(kept)}; --keep), their run folders no longer on this machine.", ""]
+                  f"earlier reports ({', '.join(kept)}; --keep), for runs this machine has not finished."
+                  + (f" {left_out} more were left out: they asked another teacher file than the rest of "
+                     "their row." if left_out else ""), ""]
     for dataset, teacher in dict.fromkeys((r["dataset"], r["teacher"]) for r in rows):
         ours = [r for r in rows if (r["dataset"], r["teacher"]) == (dataset, teacher)]
-        accs = ", ".join(dict.fromkeys(f"{r['teacher_acc']:.2f}%" for r in ours))  # two: rows of two files
+        accs = "; ".join(dict.fromkeys(r["teacher_id"] for r in ours))  # rows of two files: both
         lines += [f"## {dataset}, teacher {teacher} ({accs}; {TEACHERS[teacher].about}), "
                   f"student {args.net}", "",
                   "| method | budget | queries used (max) | final acc | best acc (test-selected) "
@@ -751,24 +786,27 @@ def plot(records, dataset, path):
     import numpy as np
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ours = [r for r in records if r["dataset"] == dataset]
-    for method in dict.fromkeys(r["method"] for r in ours):
-        rs = [r for r in ours if r["method"] == method]
+    files = list(dict.fromkeys(teacher_id(r) for r in ours))
+    for method, file in dict.fromkeys((r["method"], teacher_id(r)) for r in ours):
+        rs = [r for r in ours if (r["method"], teacher_id(r)) == (method, file)]
+        label = method if len(files) == 1 else f"{method} (teacher {file})"  # one teacher file a line
         if METHODS[method].per_budget or not all(r["curve"] for r in rs):  # a point per budget (kept: no curve)
             budgets = sorted({r["budget"] for r in rs})
             accs = [[r["final_acc"] for r in rs if r["budget"] == b] for b in budgets]
             ax.errorbar(budgets, [np.mean(a) for a in accs], yerr=[sample_std(a) for a in accs],
-                        marker="o", capsize=3, label=method)
+                        marker="o", capsize=3, label=label)
             continue
         by_seed = {r["seed"]: r for r in rs}  # one curve per seed
         grid, mean, low, high = band([r["curve"] for r in by_seed.values()])
         going = sum(r["unfinished"] for r in by_seed.values())
         seeds = f"{len(by_seed)} seed{'s' * (len(by_seed) > 1)}" + (f", {going} under way" if going else "")
-        line, = ax.plot(grid, mean, label=f"{method} ({seeds})")
+        line, = ax.plot(grid, mean, label=f"{label} ({seeds})")
         ax.fill_between(grid, low, high, alpha=0.2, color=line.get_color())
         for r in by_seed.values():  # where a run under way stops, and the mean loses a seed
             if r["unfinished"]:
                 ax.plot(*r["curve"][-1][:2], marker="x", color=line.get_color())
-    ax.axhline(ours[0]["teacher_acc"], ls="--", c="k", label=f"teacher ({ours[0]['teacher_acc']:.2f}%)")
+    for acc in dict.fromkeys(r["teacher_acc"] for r in ours):
+        ax.axhline(acc, ls="--", c="k", label=f"teacher ({acc:.2f}%)")
     scored = "held-out" if ours[0]["eval_split"] == "val" else "test"
     ax.set(xlabel="teacher queries", ylabel=f"student {scored} accuracy (%)", title=f"{dataset}, teacher {ours[0]['teacher']}")
     ax.set_xscale("log")
@@ -781,14 +819,15 @@ def plot(records, dataset, path):
 
 def report(args, jobs):
     records = collect(args, jobs)
-    records += kept_records(args, jobs, records)
+    kept, left_out = kept_records(args, jobs, records)
+    records += kept
     if not records:
         tqdm.write("no finished runs to report yet")
         return []
     rows = aggregate(records)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "compare.md"), "w") as f:
-        f.write(markdown(rows, records, args))
+        f.write(markdown(rows, records, args, left_out))
     with open(os.path.join(args.out, "compare.json"), "w") as f:
         json.dump({"rows": rows, "recipe_rows": pool_recipes(records), "runs": [{k: v for k, v in r.items() if k != "curve"} for r in records]},
                   f, indent=1)

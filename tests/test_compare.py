@@ -1,5 +1,6 @@
 """benchmarks/compare.py: the sweep over methods x seeds at counted budgets."""
 import argparse
+import copy
 import functools
 import json
 import os
@@ -347,38 +348,88 @@ def test_a_teacher_of_another_net_keeps_the_sweeps_student(sweep):
     assert (saved["net"], saved["student_net"]) == ("lenet5", "lenet")
 
 
-def test_keep_fills_in_the_runs_this_machine_no_longer_has(sweep, tmp_path):
-    """--keep: an earlier report's finished results stand for runs that are
-    gone, and are not run again; in a row with runs here, only those that
-    asked the same teacher file."""
+def kept_setup(sweep, tmp_path, reports, lost):
+    """A copy of the sweep's runs less the `lost` (method, seed) ones, and
+    --keep on the given reports (each a list of run records)."""
+    paths = []
+    os.makedirs(tmp_path, exist_ok=True)
+    for i, runs in enumerate(reports):
+        paths.append(str(tmp_path / f"kept{i}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump({"runs": runs}, f)
     flags = [f for f in sweep["flags"] if not f.startswith("--out")]
-    kept = tmp_path / "kept.json"
-    report = json.load(open(sweep["root"] / "results" / "compare.json"))
-    for r in report["runs"]:
-        if (r["method"], r["seed"]) == ("noise", 2):
-            r["teacher_sha256"] = "0" * 64  # asked another teacher file
-    kept.write_text(json.dumps(report))
-    args = compare.parse_args([*flags, f"--keep={kept}", f"--out={tmp_path / 'out'}"])
+    args = compare.parse_args([*flags, f"--keep={','.join(paths)}", f"--out={tmp_path / 'out'}"])
     args.save_dir = str(tmp_path / "runs")
     shutil.copytree(sweep["args"].save_dir, args.save_dir)
     for job in compare.plan(args):
-        if job.method == "ideal_cpu" or job.seed == 2:  # the lost runs
+        if (job.method, job.seed) in lost:
             shutil.rmtree(compare.run_dir(args, job))
-    assert [(j.method, j.seed) for j in compare.to_run(args, compare.plan(args))] == [("noise", 2)]
+    return args
+
+
+def report_of(args):
     args.report_only = True
     compare.main(args)
+    return (json.load(open(os.path.join(args.out, "compare.json")))["runs"],
+            open(os.path.join(args.out, "compare.md")).read())
+
+
+def test_keep_fills_in_the_runs_this_machine_no_longer_has(sweep, tmp_path):
+    """--keep: an earlier report's finished results stand for runs that are
+    gone and are not run again; a result of another teacher file never joins
+    a row with runs here, one of the same file does."""
+    runs = copy.deepcopy(sweep["results"]["runs"])
+    sha = runs[0]["teacher_sha256"]
+    for r in runs:
+        if (r["method"], r["seed"]) == ("noise", 2):
+            r["teacher_sha256"] = "0" * 64  # asked another teacher file
+    args = kept_setup(sweep, tmp_path, [runs], lost={("ideal_cpu", 1), ("ideal_cpu", 2), ("noise", 2)})
+    assert [(j.method, j.seed) for j in compare.to_run(args, compare.plan(args))] == [("noise", 2)]
+    after, table = report_of(args)
     before = {(r["method"], r["seed"], r["budget"]): r for r in sweep["results"]["runs"]}
-    after = json.load(open(tmp_path / "out" / "compare.json"))["runs"]
     assert sorted((r["method"], r["seed"], r["budget"]) for r in after) == sorted(
-        k for k in before if k[:2] != ("noise", 2))  # another teacher's results never join a row of runs here
+        k for k in before if k[:2] != ("noise", 2))
     for r in after:
         assert r["final_acc"] == before[(r["method"], r["seed"], r["budget"])]["final_acc"]
         assert bool(r.get("kept_from")) == (r["method"] == "ideal_cpu")
-        assert r["teacher_sha256"] == sweep["results"]["runs"][0]["teacher_sha256"] is not None
-    table = open(tmp_path / "out" / "compare.md").read()
+        assert r["teacher_sha256"] == sha is not None
     assert "4 of the 6 results were read from earlier reports" in table
+    assert "2 more were left out: they asked another teacher file" in table
     assert "| noise | 20 | 20 |" in table and "| 1 (1) |" in table  # noise: seed 1 alone, from here
     assert os.path.isfile(tmp_path / "out" / "compare_mnist.png")  # ideal_cpu drawn as points per budget
+
+    args = kept_setup(sweep, tmp_path / "same", [sweep["results"]["runs"]], lost={("noise", 2)})
+    after, table = report_of(args)  # the same file: seed 2 joins seed 1's rows
+    assert sorted((r["method"], r["seed"], r["budget"]) for r in after) == sorted(before)
+    assert "| 2 (1,2) |" in table and "2 of the 8 results" in table
+
+
+def test_keep_takes_only_the_sweeps_split_and_whole_jobs(sweep, tmp_path):
+    """A kept [val] result never stands for a test run, and a job is skipped
+    only when every budget it speaks for is kept."""
+    runs = sweep["results"]["runs"]
+    mine = [r for r in runs if (r["method"], r["seed"]) == ("ideal_cpu", 1)]
+    val = [{**r, "eval_split": "val", "final_acc": -1.0} for r in mine]
+    largest = [r for r in mine if r["budget"] == 40]
+    args = kept_setup(sweep, tmp_path, [val, largest], lost={("ideal_cpu", 1)})
+    assert ("ideal_cpu", 1) in [(j.method, j.seed) for j in compare.to_run(args, compare.plan(args))]
+    after, _ = report_of(args)
+    assert {r["eval_split"] for r in after} == {"test"}
+    assert [r["budget"] for r in after if r.get("kept_from")] == [40]  # 20 was not kept: the job runs again
+
+
+def test_keep_asks_one_teacher_file_per_row_across_reports(sweep, tmp_path):
+    """Two reports hold one row from two files: the file under --save_dir
+    wins, whatever the order, and a re-kept result names its first report."""
+    runs = [r for r in sweep["results"]["runs"] if r["method"] == "noise"]
+    old = [{**r, "teacher_sha256": None, "final_acc": -1.0} for r in runs]  # a report that recorded no sha256
+    new = [{**r, "kept_from": "first.json"} for r in runs if r["seed"] == 2]
+    args = kept_setup(sweep, tmp_path, [old, new], lost={("noise", 1), ("noise", 2)})
+    after, table = report_of(args)
+    noise = [r for r in after if r["method"] == "noise"]
+    assert sorted((r["seed"], r["budget"]) for r in noise) == [(2, 20), (2, 40)]
+    assert {r["kept_from"] for r in noise} == {"first.json"} and -1.0 not in {r["final_acc"] for r in noise}
+    assert "2 more were left out" in table
 
 
 def test_a_row_never_mixes_teacher_files():
@@ -397,7 +448,8 @@ def test_a_row_never_mixes_teacher_files():
 
 def test_a_shipped_teacher_is_copied_not_trained(sweep, tmp_path, monkeypatch):
     """ensure_teachers takes the repository's copy of a teacher (the file the
-    published rows asked) and trains from the recipe only with --fresh_teachers."""
+    rows measured since 2026-12-02 asked) and trains from the recipe only with
+    --fresh_teachers or --teacher_epochs."""
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     source = os.path.join(sweep["args"].save_dir, "teachers", "mnist_lenet.pt")
@@ -413,6 +465,9 @@ def test_a_shipped_teacher_is_copied_not_trained(sweep, tmp_path, monkeypatch):
     args = compare.parse_args([*flags, "--teachers=sgd", "--fresh_teachers", f"--save_dir={tmp_path / 'fresh'}"])
     compare.ensure_teachers(args)
     assert len(trained) == 1 and "--schedule=none" in trained[0]  # the sgd recipe's training
+    args = compare.parse_args([*flags, "--teachers=sgd", "--teacher_epochs=1", f"--save_dir={tmp_path / 'short'}"])
+    compare.ensure_teachers(args)  # a teacher of other epochs is not the shipped one: trained
+    assert len(trained) == 2 and "--epochs=1" in trained[1]
 
 
 def test_keep_needs_an_existing_report(tmp_path, capsys):

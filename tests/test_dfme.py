@@ -19,6 +19,7 @@ from models import Generator
 from test_scripts import ROOT, tiny_mnist
 from utils.blackbox import BlackBoxTeacher, QueryBudgetExceeded
 from utils.run import UserError, load_checkpoint
+from utils.teacher import file_sha256
 
 
 def test_queries_per_iteration_by_hand():
@@ -142,7 +143,10 @@ def test_dfme_run_spends_whole_iterations(workspace):
     files = set(os.listdir(run_dir))
     assert {"summary.json", "args.json", "last.pt"} <= files
     assert json.load(open(os.path.join(run_dir, "summary.json"))) == summary
-    assert json.load(open(os.path.join(run_dir, "args.json")))["bb_mode"] == "soft"
+    saved = json.load(open(os.path.join(run_dir, "args.json")))
+    assert saved["bb_mode"] == "soft"
+    teacher = os.path.join(workspace["save_dir"], "teachers", "mnist_lenet.pt")
+    assert saved["teacher_sha256"] == file_sha256(teacher)  # compare.py names each row's teacher file by it
     events = EventAccumulator(run_dir).Reload()
     assert {"test/acc", "test_by_queries/acc", "queries", "time/generate_s"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("test_by_queries/acc")] == [100, 150]
