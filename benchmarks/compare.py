@@ -598,8 +598,8 @@ def kept_records(args, jobs, records):
     run here speaks for, and how many were left out. A row asks one teacher
     file: that of its runs here; without any, the file under --save_dir if a
     kept result asked it; else that of the first report's result."""
-    ran = {result_key(r) for r in records}
-    candidates = [r for r in read_kept(args) if result_key(r) in wanted_keys(args, jobs) and result_key(r) not in ran]
+    wanted = wanted_keys(args, jobs) - {result_key(r) for r in records}
+    candidates = [r for r in read_kept(args) if result_key(r) in wanted]
     row_file = {row_key(r): identity(r) for r in records}
     files = {}
     for r in candidates:
