@@ -623,9 +623,10 @@ def to_run(args, jobs):
     if not args.keep:
         return jobs
     done = {(*result_key(r), r["teacher_sha256"]) for r in read_kept(args) if r["teacher_sha256"]}
+    shas = {(j.teacher, j.dataset): file_identity(args, j.teacher, j.dataset) for j in jobs}  # each file hashed once
     todo = []
     for j in jobs:
-        sha = file_identity(args, j.teacher, j.dataset)
+        sha = shas[(j.teacher, j.dataset)]
         if not all((j.method, j.dataset, j.teacher, j.seed, b, job_split(args, j), sha) in done
                    for b in job_budgets(args, j)):
             todo.append(j)
