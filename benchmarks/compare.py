@@ -546,7 +546,7 @@ def collect(args, jobs):
                             "unfinished": bool(summary.get("unfinished")),
                             "budget": budget, "final_acc": final, "best_acc": best, "queries": queries,
                             "wall_s": round(seconds, 1), "teacher_acc": summary["teacher_acc"],
-                            "teacher_sha256": run_teacher_sha256(folder),
+                            "teacher_sha256": summary.get("teacher_sha256") or run_teacher_sha256(folder),
                             "device": summary["device"], "threads": summary.get("threads"),
                             "run": folder, "curve": curve})
     return records
@@ -633,10 +633,21 @@ def to_run(args, jobs):
     return todo
 
 
+def flag_value(flags, name, default):
+    """The value the last of `name` in argv-style `flags` gives, written as
+    `--name=value` or `--name value` (argparse takes both), else `default`."""
+    value = default
+    for flag, after in zip(flags, [*flags[1:], None]):
+        if flag.startswith(name + "="):
+            value = flag.split("=", 1)[1]
+        elif flag == name and after is not None:
+            value = after
+    return value
+
+
 def job_split(args, job):
     """The split a job is scored on (ideal.py --eval_split), from its flags."""
-    flags = [*METHODS[job.method].flags, *args.job_flags.split()]
-    return next((f.split("=", 1)[1] for f in reversed(flags) if f.startswith("--eval_split=")), "test")
+    return flag_value([*METHODS[job.method].flags, *args.job_flags.split()], "--eval_split", "test")
 
 
 def teacher_id(r):

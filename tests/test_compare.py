@@ -418,6 +418,16 @@ def test_keep_takes_only_the_sweeps_split_and_whole_jobs(sweep, tmp_path):
     assert [r["budget"] for r in after if r.get("kept_from")] == [40]  # 20 was not kept: the job runs again
 
 
+def test_job_split_reads_both_spellings_of_a_flag():
+    """--eval_split val (two words) scores a job on held-out images as
+    --eval_split=val does; the last one given wins, as in argparse."""
+    job = compare.Job("noise", "mnist", 1, 20, "main")
+    for flags, split in [("", "test"), ("--eval_split=val", "val"), ("--eval_split val", "val"),
+                         ("--eval_split val --eval_split=test", "test"), ("--eval_split", "test")]:
+        args = compare.parse_args(["--methods=noise", "--datasets=mnist", f"--job_flags={flags}"])
+        assert compare.job_split(args, job) == split, flags
+
+
 def test_keep_asks_one_teacher_file_per_row_across_reports(sweep, tmp_path):
     """Two reports hold one row from two files: the file under --save_dir
     wins, whatever the order, and a re-kept result names its first report."""
