@@ -393,6 +393,29 @@ def is_done(folder):
     return os.path.isfile(os.path.join(folder, "summary.json"))
 
 
+def misfit(args, job, summary, before_running=False):
+    """Why a finished run in the job's folder cannot stand for the job, or None.
+    A folder's name holds neither the split nor, for a method read at every
+    budget, the budget: a run of another sweep can sit under it."""
+    folder, split, wanted = run_dir(args, job), summary.get("eval_split", "test"), job_split(args, job)
+    if split != wanted:
+        return f"{folder} was scored on {split} images and this sweep asks {wanted}: move it out of --save_dir"
+    budget = summary.get("query_budget") or job.budget
+    if before_running and budget < job.budget:  # a report may read a shorter run; a sweep would skip the job
+        return (f"{folder} stopped at {budget:,} queries and this sweep asks {job.budget:,}: move it out of "
+                "--save_dir to run it at the larger budget")
+    return None
+
+
+def check_finished(args, jobs):
+    """Refuse, before anything runs, a sweep whose finished folders belong to another sweep."""
+    for job in jobs:
+        summary = run_summary(run_dir(args, job), unfinished=False)
+        problem = summary and misfit(args, job, summary, before_running=True)
+        if problem:
+            raise UserError(problem)
+
+
 def run_all(args, jobs):
     """Run the jobs, one per device slot at a time. Returns {job name: error}."""
     todo = [job for job in jobs if not is_done(run_dir(args, job))]
@@ -529,6 +552,8 @@ def collect(args, jobs):
         summary = run_summary(folder, args.unfinished)
         if summary is None:
             continue
+        if misfit(args, job, summary):
+            raise UserError(misfit(args, job, summary))
         split = summary.get("eval_split", "test")  # val: held-out training images (ideal.py --eval_split)
         curve = read_curve(folder, split)
         if not curve and not summary.get("unfinished"):  # only a run under way may have no points yet
@@ -539,7 +564,8 @@ def collect(args, jobs):
             if point is None:
                 continue
             final, best, queries, seconds = point
-            if budget == job.budget:  # the run's own end: the summary is the authority
+            if not summary.get("unfinished") and budget == (summary.get("query_budget") or job.budget):
+                # the run's own end (a folder of a larger sweep ends past the job's): the summary is the authority
                 final, best, queries = summary["final_acc"], summary["best_acc"], summary["queries"]
             records.append({"method": job.method, "dataset": job.dataset, "teacher": job.teacher, "seed": job.seed,
                             "eval_split": split,
@@ -856,6 +882,7 @@ def main(args):
     if not args.report_only:
         ensure_teachers(args)
         start, todo = time.time(), to_run(args, jobs)
+        check_finished(args, todo)
         failures = (run_all_ray if args.backend == "ray" else run_all)(args, todo)
         kept = f" ({len(jobs) - len(todo)} kept from --keep)" if len(todo) < len(jobs) else ""
         tqdm.write(f"sweep: {len(todo)} jobs{kept}, {len(failures)} failed, {time.time() - start:.0f} s")
@@ -864,4 +891,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main(parse_args()) else 0)
+    try:
+        sys.exit(1 if main(parse_args()) else 0)
+    except UserError as err:  # one line, as argparse's errors
+        sys.exit(f"compare.py: error: {err}")

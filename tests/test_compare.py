@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -13,7 +15,7 @@ import torch
 
 import ideal
 import pretrain
-from test_scripts import load_script, tiny_mnist
+from test_scripts import ROOT, load_script, tiny_mnist
 from utils.run import load_checkpoint
 
 compare = load_script("benchmarks/compare.py")
@@ -426,6 +428,65 @@ def test_job_split_reads_both_spellings_of_a_flag():
                          ("--eval_split val --eval_split=test", "test"), ("--eval_split", "test")]:
         args = compare.parse_args(["--methods=noise", "--datasets=mnist", f"--job_flags={flags}"])
         assert compare.job_split(args, job) == split, flags
+
+
+def a_finished_run(monkeypatch, **summary):
+    """Make every job's folder hold a finished run with this summary and the
+    curve (queries, acc, seconds) 10: 50%, 20: 60%, 40: 70%, 50: 90%."""
+    summary = {"query_budget": 50, "final_acc": 90.0, "best_acc": 90.0, "queries": 50, "teacher_acc": 99.0,
+               "teacher_sha256": "a" * 64, "device": "cpu", "eval_split": "test", **summary}
+    curve = [(10, 50.0, 1.0), (20, 60.0, 2.0), (40, 70.0, 4.0), (50, 90.0, 5.0)]
+    monkeypatch.setattr(compare, "run_summary", lambda folder, unfinished: summary)
+    monkeypatch.setattr(compare, "read_curve", lambda folder, split="test": curve)
+
+
+def test_a_run_of_a_larger_sweep_is_read_at_the_sweeps_budgets(monkeypatch):
+    """A folder a 50-query sweep left under the same name speaks for 40 with its
+    curve at 40 (70%, 40 queries), not with its summary's end (90%, 50)."""
+    a_finished_run(monkeypatch)
+    args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=20,40"])
+    read = {r["budget"]: (r["final_acc"], r["queries"]) for r in compare.collect(args, compare.plan(args))}
+    assert read == {20: (60.0, 20), 40: (70.0, 40)}
+    args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=20,50"])
+    assert {r["budget"]: r["queries"] for r in compare.collect(args, compare.plan(args))} == {20: 20, 50: 50}
+
+
+def test_a_folder_scored_on_another_split_is_refused(monkeypatch):
+    """A held-out run under a test sweep's folder name is neither reported as
+    test nor taken as the job done."""
+    a_finished_run(monkeypatch, eval_split="val")
+    args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=20,40"])
+    with pytest.raises(compare.UserError, match="scored on val images and this sweep asks test"):
+        compare.collect(args, compare.plan(args))
+    with pytest.raises(compare.UserError, match="scored on val"):
+        compare.check_finished(args, compare.plan(args))
+    args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=20,40",
+                               "--job_flags=--eval_split val"])
+    assert {r["eval_split"] for r in compare.collect(args, compare.plan(args))} == {"val"}
+
+
+def test_a_finished_shorter_run_is_refused_before_running(monkeypatch):
+    """A sweep to 100 queries does not skip a job whose folder stopped at 50
+    (its row would quietly lack the seed); a report reads the 50 it has."""
+    a_finished_run(monkeypatch)
+    args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=50,100"])
+    with pytest.raises(compare.UserError, match="stopped at 50 queries and this sweep asks 100"):
+        compare.check_finished(args, compare.plan(args))
+    assert [r["budget"] for r in compare.collect(args, compare.plan(args))] == [50]
+
+
+def test_a_refused_sweep_says_why_in_one_line(tmp_path):
+    """compare.py's own refusals end the script with one line, not a traceback."""
+    folder = tmp_path / "ideal" / "mnist-noise-s1"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"eval_split": "val", "query_budget": 40}))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"), "--report_only",
+                           "--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=20,40",
+                           f"--save_dir={tmp_path}", f"--out={tmp_path / 'out'}"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"compare.py: error: {folder} was scored on val images and this "
+                                                "sweep asks test: move it out of --save_dir"]
 
 
 def test_keep_asks_one_teacher_file_per_row_across_reports(sweep, tmp_path):
