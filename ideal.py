@@ -156,6 +156,12 @@ def check_label_first(args):
                         "random_generator), with answers kept: leave out --label_first, or pick such a --method")
     if args.distill_epochs < 1:
         raise UserError("--label_first trains only in the --distill_epochs after labelling: give --distill_epochs=N")
+    labelled = args.epochs * args.batch_size
+    labelled = min(labelled, args.query_budget) if args.query_budget else labelled
+    if labelled > args.pool_batches * args.batch_size:
+        raise UserError(f"--label_first labels {labelled:,} images before the student trains, but the pool keeps "
+                        f"--pool_batches x --batch_size = {args.pool_batches * args.batch_size:,}: the oldest would "
+                        "be paid for and dropped unseen; raise --pool_batches")
 
 
 def check_shares(args):
@@ -212,7 +218,8 @@ def check_resume(args, saved, ckpt, queries):
         if getattr(args, name) < saved.get(name, 0):
             raise UserError(f"--resume: --{name}={getattr(args, name)} is below this run's {saved[name]}; "
                             "a resume may make a run longer, not shorter")
-    if ckpt["epoch"] > saved["epochs"] and args.epochs != saved["epochs"]:
+    began = ckpt["epoch"] >= saved["epochs"] if saved.get("label_first") else ckpt["epoch"] > saved["epochs"]
+    if began and args.epochs != saved["epochs"]:
         raise UserError(f"--resume: --epochs cannot change once the distill-only epochs have begun "
                         f"(this run has --epochs={saved['epochs']} and has run {ckpt['epoch']} epochs)")
 
@@ -244,12 +251,12 @@ def main(args):
                 pending = label(run, teacher, images, synthesizer, clock, epoch)
             add_batch(pool, take(pending, synthesizer), state, run.writer, epoch, spec.classes)
             pending = None
-            if args.label_first and epoch < args.epochs and teacher.remaining > 0:
-                state["epoch"] = epoch
-                run.save(state, parts)
-                continue  # more to label before the student trains
         elif args.relabel_every_epoch and teacher.remaining <= 0:
             break  # relabel mode has no cached answers to train on without asking again
+        if args.label_first and epoch < args.epochs:
+            state["epoch"] = epoch
+            run.save(state, parts)
+            continue  # the student trains from epoch --epochs on: 1 + --distill_epochs passes, budget spent early or not
         with clock("distill"):
             distilled = distill_epoch(args, student, optimizer, pool, augment, teacher, run.autocast)
         with clock("test"):

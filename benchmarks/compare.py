@@ -57,7 +57,8 @@ class Method:
 
 
 DIPKD_EPOCHS = 100  # DIP-KD's student training on MNIST/FMNIST (its appendix: 100 epochs, lr 1e-2)
-# DIP-KD's protocol: every image labelled first, then 100 epochs with shifts and colour jitter
+# DIP-KD's protocol: every image labelled first, then 100 epochs with shifts and colour jitter (ideal.py's
+# --label_first also trains in the last labelling epoch: 101 passes in all)
 DIPKD_TRAINING = ("--label_first", "--distill_aug=crop+jitter", f"--distill_epochs={DIPKD_EPOCHS}")
 METHODS = {
     "ideal_cpu": Method("ideal.py", ("--method=ideal", "--preset=cpu"),

@@ -151,6 +151,36 @@ def test_label_first_labels_everything_before_the_student_trains(workspace, monk
             ideal.parse_args([*flags, f"--save_dir={workspace['save_dir']}"])
 
 
+def test_label_first_trains_1_plus_distill_epochs_when_the_budget_ends_early(workspace, monkeypatch):  # noqa: F811
+    """A budget spent at epoch 3 of 10 still means: label everything, then train
+    the last labelling epoch and --distill_epochs (it trained every epoch from 3)."""
+    seen = []
+    real = ideal.distill_epoch
+    monkeypatch.setattr(ideal, "distill_epoch", lambda args, student, optimizer, pool, *rest: seen.append(
+        len(pool)) or real(args, student, optimizer, pool, *rest))
+    summary, _ = run_ideal(workspace, "--method=noise", "--label_first", "--epochs=10", "--distill_epochs=2",
+                           "--query_budget=25", "--exp_name=label_first_early")
+    assert seen == [25, 25, 25] and summary["queries"] == 25
+
+
+def test_label_first_refuses_a_pool_that_would_drop_paid_images(workspace):  # noqa: F811
+    with pytest.raises(ideal.UserError, match="raise --pool_batches"):
+        ideal.parse_args(["--method=noise", "--label_first", "--epochs=3", "--distill_epochs=1", "--pool_batches=2",
+                          f"--save_dir={workspace['save_dir']}"])
+
+
+def test_label_first_refuses_more_labelling_once_the_student_trained(workspace, monkeypatch):  # noqa: F811
+    """Killed in the first training pass (epoch --epochs), a run may not be
+    resumed with more labelling epochs: the student has seen part of the pool."""
+    flags = ("--method=noise", "--label_first", "--distill_epochs=1", "--exp_name=label_first_grow")
+    with monkeypatch.context() as m:
+        kill_on(m, ideal, "distill_epoch", 2)
+        with pytest.raises(Killed):
+            run_ideal(workspace, *flags, "--epochs=2")
+    with pytest.raises(ideal.UserError, match="--epochs cannot change"):
+        run_ideal(workspace, *flags, "--epochs=4", "--resume")
+
+
 def test_prior_candidates_beside_the_generator_keep_the_batch_least_sure():
     """--candidates=2 --prior_share=0.5: B generator images and B priors compete,
     and B of them are kept, balanced over classes; the generator selects nothing itself."""
