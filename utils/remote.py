@@ -80,7 +80,9 @@ def decode_npy(body: bytes) -> np.ndarray:
     fields = {name: re.search(pattern, header) for name, pattern in NPY_FIELDS.items()}
     if not all(fields.values()):
         raise ValueError("a .npy header without descr, fortran_order and shape")
-    try:
+    try:  # a plain type code only: numpy runs ast (and raises SyntaxError) on a descr with ',' or '('
+        if not re.fullmatch(r"[<>|=]?[A-Za-z]\w*", fields["descr"][1]):
+            raise TypeError
         dtype = np.dtype(fields["descr"][1])
     except TypeError:
         raise ValueError(f"not a dtype: {fields['descr'][1]}") from None
