@@ -31,6 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--trust_teacher_code", action="store_true",
                    help="allow .pt2 or TorchScript teachers: loading one can run code the file carries")
     p.add_argument("--images", type=int, default=10_000, help="images per source")
+    p.add_argument("--ngf", type=int, default=16,
+                   help="the untrained generator's width: 16 is the CPU preset's, 64 the paper's (ideal_paper, random_generator)")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="benchmarks/results")
@@ -40,10 +42,10 @@ def parse_args(argv=None):
     return args
 
 
-def sources(spec, n, device):
+def sources(spec, n, device, ngf=16):
     """{name: synthesizer} of every zero-query source, each making n images."""
     shape = (spec.channels, spec.size, spec.size)
-    generator = to_device(Generator(256, 16, spec.channels, spec.size), device)
+    generator = to_device(Generator(256, ngf, spec.channels, spec.size), device)
     return {"noise": NoiseSynthesizer(n, shape, device), "prior": PriorSynthesizer(n, shape, device),
             "random_generator": RandomGeneratorSynthesizer(generator, 256, n)}
 
@@ -57,10 +59,11 @@ def shares(teacher, images, classes, batch=1000):
 def main(args):
     device, spec = pick_device(args.device), get_spec(args.dataset)
     seed_everything(args.seed)
-    made = {name: s.synthesize(None)[0] for name, s in sources(spec, args.images, device).items()}
+    made = {name: s.synthesize(None)[0] for name, s in sources(spec, args.images, device, args.ngf).items()}
     lines = [f"# The teacher's top-1 answers on images not from {args.dataset}", "",
              f"`python benchmarks/label_histogram.py --dataset={args.dataset} --images={args.images} "
-             f"--seed={args.seed}`; % of images per class.", "",
+             f"--ngf={args.ngf} --seed={args.seed}`; % of images per class; "
+             f"{3 * args.images:,} teacher queries per teacher.", "",
              "| teacher | test acc | source | " + " | ".join(map(str, range(spec.classes))) + " | classes over 1% |",
              "|---|---:|---|" + "---:|" * (spec.classes + 1)]
     for path in args.teachers:

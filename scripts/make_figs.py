@@ -36,11 +36,14 @@ def parse_args():
 
 def load_run(run_dir):
     """(summary dict, {tag: (steps, values)}) of one ideal.py run folder."""
+    if not os.path.isfile(os.path.join(run_dir, "summary.json")):
+        sys.exit(f"error: {run_dir} has no summary.json: not a finished run of ideal.py")
     with open(os.path.join(run_dir, "summary.json")) as f:
         summary = json.load(f)
     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
     events.Reload()
-    return summary, {tag: curve(events.Scalars(tag)) for tag in ("test/acc", "test_by_queries/acc")}
+    split = summary.get("eval_split", "test")  # a run scored on held-out images logs val/ tags
+    return summary, {tag: curve(events.Scalars(tag.replace("test", split, 1))) for tag in ("test/acc", "test_by_queries/acc")}
 
 
 def curve(scalars):
@@ -64,7 +67,7 @@ def plot_accuracy(runs, path):
     for ax, xlabel in zip(axes, ("epoch", "teacher queries")):
         ax.axhline(teacher["teacher_acc"], ls="--", c="k", label=f"{teacher['net']} teacher ({teacher['teacher_acc']:.2f}%)")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("student test accuracy (%)")
+        ax.set_ylabel(f"student {teacher.get('eval_split', 'test')} accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[1].set_xscale("log")
@@ -79,9 +82,12 @@ def plot_synthetic(run_dir, summary, path):
     """Up to PER_CLASS pool images per teacher label, one row per class."""
     pool = load_checkpoint(os.path.join(run_dir, "last.pt"), "cpu")["pool"]
     images, answers = pool["images"], pool["answers"]
+    if answers is None:  # --relabel_every_epoch keeps no answers
+        print(f"{run_dir}: no cached teacher answers, no {os.path.basename(path)}")
+        return
     labels = answers if answers.dim() == 1 else answers.argmax(1)
     classes = int(labels.max()) + 1
-    fig, axes = plt.subplots(classes, PER_CLASS, figsize=(PER_CLASS * 0.8, classes * 0.8))
+    fig, axes = plt.subplots(classes, PER_CLASS, figsize=(PER_CLASS * 0.8, classes * 0.8), squeeze=False)
     for k in range(classes):
         picks = images[labels == k][-PER_CLASS:]
         for j in range(PER_CLASS):

@@ -535,6 +535,13 @@ def test_make_figs_from_run_folders(workspace, tmp_path, monkeypatch):
         assert pixels.shape[0] > 100 and pixels.std() > 0.05  # a decodable picture, not a blank page
 
 
+def test_make_figs_draws_a_held_out_run_from_its_val_curve(workspace):
+    """A run scored with --eval_split=val logs val/ tags only; its figure reads them."""
+    summary, run_dir = run_ideal(workspace, "--epochs=2", "--eval_split=val", "--exp_name=figs_val")
+    _, curves = load_script("scripts/make_figs.py").load_run(run_dir)
+    assert curves["test/acc"] == ([1, 2], [pytest.approx(summary["final_acc"])] * 2)
+
+
 def test_make_figs_keeps_the_newer_of_a_repeated_epoch(tmp_path):
     """A resume logs the epoch a kill interrupted again, in a second event file."""
     from torch.utils.tensorboard import SummaryWriter
@@ -612,6 +619,11 @@ def test_pool_classes_reads_a_run_without_asking_the_teacher(workspace, tmp_path
     assert sum(line.startswith("| pool_classes |") for line in open(out)) == 2
     with pytest.raises(UserError, match="not a run folder"):
         report.run_rows(str(tmp_path), workspace["data_dir"])
+    under_way = tmp_path / "under_way"
+    shutil.copytree(run_dir, under_way)
+    os.remove(under_way / "summary.json")  # last.pt is then an epoch of a run still going, not its end
+    with pytest.raises(UserError, match="still under way"):
+        report.run_rows(str(under_way), workspace["data_dir"])
 
 
 def test_refit_trains_a_fresh_student_on_a_runs_pool_alone(workspace, tmp_path):

@@ -780,3 +780,16 @@ def test_per_class_recall_by_hand():
     images = torch.zeros(5, 1, 2, 2, dtype=torch.uint8)
     recall = per_class_recall(AlwaysZero(), images, torch.tensor([0, 0, 1, 1, 1]), classes=3, batch_size=2)
     assert recall[:2].tolist() == [100.0, 0.0] and torch.isnan(recall[2])
+
+
+def test_held_out_images_cover_every_class_of_a_class_sorted_training_split(monkeypatch):
+    """tinyimagenet's and imagenet12's training images are stored class by class:
+    their held-out images are a fixed random draw, not the tail (a few classes);
+    MNIST keeps the tail, as every reported held-out figure used."""
+    import datasets.registry as registry
+    labels = torch.arange(200).repeat_interleave(500)  # 200 classes, sorted, as tinyimagenet's files
+    monkeypatch.setattr(registry, "load_split", lambda name, data_dir, train: (labels.clone(), labels.clone()))
+    _, held = registry.load_eval_split("tinyimagenet", split="val")
+    assert len(held) == 10_000 and len(held.unique()) == 200
+    assert torch.equal(held, registry.load_eval_split("tinyimagenet", split="val")[1])  # the same draw each time
+    assert torch.equal(registry.load_eval_split("mnist", split="val")[1], labels[-10_000:])

@@ -121,6 +121,12 @@ def read_run(run_dir: str, device="cpu"):
     if not os.path.isfile(os.path.join(run_dir, "args.json")):
         raise UserError(f"{run_dir} is not a run folder of ideal.py (no args.json)")
     ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"), device)
+    if not os.path.isfile(os.path.join(run_dir, "summary.json")):
+        raise UserError(f"{run_dir} is a run still under way (no summary.json): its last.pt is epoch {ckpt['epoch']}, "
+                        "not the run's end; wait for it to finish")
+    if ckpt["pool"]["answers"] is None:
+        raise UserError(f"{run_dir} cached no teacher answers (--relabel_every_epoch, or an empty pool): "
+                        "there is nothing to read without asking the teacher")
     return saved_settings(ckpt, run_dir), ckpt
 
 
