@@ -67,8 +67,15 @@ def resolve_args(args):  # the defaults that follow from other flags; impossible
     return args
 
 
+def check_resume(args, saved, ckpt, queries):
+    """The same teacher file as the run began with: one run, one teacher (as ideal.py)."""
+    if saved.get("teacher_sha256") and saved["teacher_sha256"] != args.teacher_sha256:
+        raise UserError(f"--resume: the teacher file {args.teacher_ckpt} is not the one this run began with "
+                        "(its sha256 differs); a student distilled from two teachers is no run, start a new one")
+
+
 def main(args):
-    run = Run("dfme", args, DEFINING)
+    run = Run("dfme", args, DEFINING, check=check_resume)
     spec = get_spec(args.dataset)
     teacher, teacher_acc = load_blackbox_teacher(args.teacher_ckpt, args.dataset, args.net, args.bb_mode,
                                                  args.query_budget, run.device, args.trust_teacher_code)

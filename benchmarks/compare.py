@@ -27,6 +27,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -323,10 +324,26 @@ def epochs_for(budget, batch_size, relabel=False):
     return math.ceil((math.sqrt(1 + 8 * budget / batch_size) - 1) / 2)
 
 
+def shipped_sha256():
+    """{file: first 16 hex digits of its sha256}, from benchmarks/teachers/README.md's table."""
+    with open(os.path.join(SHIPPED, "README.md")) as f:
+        return dict(re.findall(r"^\| `([^`]+)` \|(?:.*\|)? `([0-9a-f]{16})` \|$", f.read(), re.M))
+
+
 def shipped_teacher(args, name, dataset):
-    """The repository's copy of a teacher (benchmarks/teachers/), or None."""
-    path = os.path.join(SHIPPED, TEACHERS[name].file.format(dataset=dataset, net=args.net))
-    return path if os.path.isfile(path) else None
+    """The repository's copy of a teacher (benchmarks/teachers/), or None.
+    A copy whose bytes are not those its README names is refused: it is not
+    the teacher the rows asked (a changed file, a Git LFS pointer, ...)."""
+    file = TEACHERS[name].file.format(dataset=dataset, net=args.net)
+    path = os.path.join(SHIPPED, file)
+    if not os.path.isfile(path):
+        return None
+    want, sha = shipped_sha256().get(file), file_sha256(path)
+    if want is None or not sha.startswith(want):
+        raise UserError(f"{path} has sha256 {sha[:16]}, but benchmarks/teachers/README.md names "
+                        f"{want or 'no sha256 for it'}: it is not the shipped teacher; restore it "
+                        "(git checkout), or pass --fresh_teachers")
+    return path
 
 
 def ensure_teachers(args):

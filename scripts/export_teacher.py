@@ -16,6 +16,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import DATASETS, DatasetError, get_spec, load_split  # noqa: E402
+from datasets.common import atomic_open  # noqa: E402
 from utils.checks import check_diverged, check_positive, check_seed  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
 from utils.pool import to_float  # noqa: E402
@@ -74,8 +75,13 @@ def main():
     p.add_argument("--data_dir", default="data")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="default: runs/teachers/DATASET_resmax.pt2")
+    p.add_argument("--overwrite", action="store_true", help="replace a teacher already at --out")
     args = p.parse_args()
     check_args(args)
+    out = args.out or os.path.join("runs", "teachers", f"{args.dataset}_resmax.pt2")
+    if os.path.exists(out) and not args.overwrite:  # refused before any work: runs name their teacher by its bytes
+        raise UserError(f"{out} exists; runs that asked it name it by its sha256: choose another --out, "
+                        "or pass --overwrite to replace it")
     device, spec = pick_device(args.device), get_spec(args.dataset)
     seed_everything(args.seed)
     model = ResMax(spec.channels, spec.classes).to(device)
@@ -89,9 +95,8 @@ def main():
     program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     meta = {"input_shape": [spec.channels, spec.size, spec.size], "classes": spec.classes,
             "test_acc": round(test_acc, 2), "architecture": "ResMax (scripts/export_teacher.py)"}
-    out = args.out or os.path.join("runs", "teachers", f"{args.dataset}_resmax.pt2")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    torch.export.save(program, out, extra_files={"meta.json": json.dumps(meta)})
+    with atomic_open(out) as f:  # a kill leaves the old file or the new one, never half of one
+        torch.export.save(program, f, extra_files={"meta.json": json.dumps(meta)})
     print(f"ResMax on {args.dataset}: {test_acc:.2f}% test accuracy; saved {out}")
 
 

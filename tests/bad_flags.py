@@ -113,7 +113,7 @@ def other_cases(p: dict) -> list:
         *[[f"--{flag}={value}"] for flag in ("lr", "weight_decay", "momentum") for value in ("nan", "inf", "-1")],
         ["--lr=0"], ["--epochs=0"], ["--batch_size=0"], ["--seed=-1"], [f"--seed={2 ** 33}"], ["--exp_name=../x"],
         [f"--save_dir={p['file']}"], [f"--teacher_ckpt={p['runs']}"], ["--nesterov", "--momentum=0"],
-        ["--device=foo"], ["--amp"], ["--resume", "--exp_name=never_ran"],
+        ["--device=foo"], ["--device=mps"], ["--amp"], ["--resume", "--exp_name=never_ran"],
     ]
     serve_base = ["--model", p["teacher"], "--keys", p["keys"], "--device=cpu"]
     serve_bad = [
@@ -127,7 +127,7 @@ def other_cases(p: dict) -> list:
         ["--model", p["runs"]],
     ]
     export_bad = [["--lr=nan"], ["--lr=inf"], ["--lr=0"], ["--epochs=0"], ["--batch_size=0"], ["--seed=-1"],
-                  ["--device=foo"]]
+                  ["--device=foo"], [f"--out={p['teacher']}"]]
     return ([("export_teacher.py", [f"--data_dir={p['data']}", f"--out={p['runs']}/x.pt2"] + bad, {})
              for bad in export_bad]
             + [("dfme.py", dfme_tiny + bad, {}) for bad in dfme_bad]

@@ -525,6 +525,8 @@ def test_a_shipped_teacher_is_copied_not_trained(sweep, tmp_path, monkeypatch):
     shipped.mkdir()
     source = os.path.join(sweep["args"].save_dir, "teachers", "mnist_lenet.pt")
     shutil.copyfile(source, shipped / "mnist_lenet_sgd.pt")
+    readme = "| file | sha256 (first 16) |\n|---|---|\n| `mnist_lenet_sgd.pt` | `{}` |\n"
+    (shipped / "README.md").write_text(readme.format(compare.file_sha256(source)[:16]))
     monkeypatch.setattr(compare, "SHIPPED", str(shipped))
     flags = [f for f in sweep["flags"] if not f.startswith("--save_dir")]
     args = compare.parse_args([*flags, "--teachers=sgd", f"--save_dir={tmp_path / 'runs'}"])
@@ -539,6 +541,19 @@ def test_a_shipped_teacher_is_copied_not_trained(sweep, tmp_path, monkeypatch):
     args = compare.parse_args([*flags, "--teachers=sgd", "--teacher_epochs=1", f"--save_dir={tmp_path / 'short'}"])
     compare.ensure_teachers(args)  # a teacher of other epochs is not the shipped one: trained
     assert len(trained) == 2 and "--epochs=1" in trained[1]
+    (shipped / "README.md").write_text(readme.format("0" * 16))  # the shipped bytes are not the README's
+    args = compare.parse_args([*flags, "--teachers=sgd", f"--save_dir={tmp_path / 'changed'}"])
+    with pytest.raises(compare.UserError, match="not the shipped teacher"):
+        compare.ensure_teachers(args)
+    assert not os.path.exists(compare.teacher_path(args, "sgd", "mnist")) and len(trained) == 2
+
+
+def test_the_shipped_teachers_are_the_files_their_readme_names():
+    """Every file in benchmarks/teachers/ has its row, and its bytes are that row's sha256."""
+    named = compare.shipped_sha256()
+    assert set(named) == set(os.listdir(compare.SHIPPED)) - {"README.md"} and len(named) == 7
+    for file, sha in named.items():
+        assert compare.file_sha256(os.path.join(compare.SHIPPED, file)).startswith(sha), file
 
 
 def test_keep_needs_an_existing_report(tmp_path, capsys):

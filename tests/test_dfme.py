@@ -3,6 +3,7 @@ losses by hand, and dfme.py end to end on a tiny MNIST written as real idx files
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -180,6 +181,18 @@ def test_dfme_resume_refuses_other_settings(workspace):
     run_dfme(workspace, "--query_budget=50", "--exp_name=short")
     with pytest.raises(UserError, match="this run has --query_budget=50, the command line says --query_budget=100"):
         run_dfme(workspace, "--query_budget=100", "--exp_name=short", "--resume")
+
+
+def test_dfme_resume_refuses_another_teacher_file(workspace, tmp_path):
+    """The run's teacher file replaced (same path, other bytes): its rows would name the new file alone."""
+    teacher = str(tmp_path / "teacher.pt")
+    shutil.copyfile(os.path.join(workspace["save_dir"], "teachers", "mnist_lenet.pt"), teacher)
+    run_dfme(workspace, "--query_budget=50", "--exp_name=swapped", f"--teacher_ckpt={teacher}")
+    ckpt = torch.load(teacher, weights_only=True)
+    ckpt["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, teacher)
+    with pytest.raises(UserError, match="not the one this run began with"):
+        run_dfme(workspace, "--query_budget=50", "--exp_name=swapped", f"--teacher_ckpt={teacher}", "--resume")
 
 
 def test_budget_below_one_iteration_is_refused():

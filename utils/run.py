@@ -36,6 +36,8 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta, ...: never tested here, and mostly not built in
+        raise UserError(f"--device {name}: only cpu and cuda devices are supported; use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but no CUDA device is visible; use --device cpu")
     return device

@@ -26,7 +26,7 @@ import torch.nn as nn
 from datasets import get_spec
 from models import build_model
 from utils.blackbox import BlackBoxTeacher
-from utils.run import UserError, load_checkpoint, save_checkpoint, to_device
+from utils.run import UserError, check_intact, load_checkpoint, save_checkpoint, to_device
 
 
 TEACHER_KEYS = {"dataset", "net", "channels", "size", "classes", "test_acc", "state_dict"}
@@ -135,7 +135,7 @@ def load_program(path: str, fmt: str, device, trust_code: bool) -> nn.Module:
         if fmt == "torchscript":
             return torch.jit.load(path, map_location=device)
         program = torch.export.load(path)
-    except (RuntimeError, ValueError, KeyError, AssertionError, zipfile.BadZipFile) as err:
+    except Exception as err:  # noqa: BLE001 - a damaged program reaches torch's deserialiser as TypeError, ...
         raise UserError(f"not a loadable {PROGRAMS[fmt]}: {path} ({type(err).__name__})") from None
     check_dynamic_batch(path, program)
     return ExportedTeacher(program.module().to(device))
@@ -154,6 +154,7 @@ def load_teacher(path: str, device, trust_code: bool = False):
     the network over only inside a BlackBoxTeacher."""
     fmt = teacher_format(path)
     if fmt != "checkpoint":
+        check_intact(path)  # torch.export.load and torch.jit.load check no CRC: flipped bits load as other weights
         meta = read_meta(path)
         model = load_program(path, fmt, device, trust_code)
         shape = tuple(meta["input_shape"]) if "input_shape" in meta else None
