@@ -223,12 +223,21 @@ def check_args(p, args):
     """Split the lists; refuse unknown names and flags no run could honour (p.error: one line)."""
     args.methods = args.methods.split(",")
     args.datasets = args.datasets.split(",")
+    for name in ("seeds", "budgets"):  # a list of whole numbers, else one line, not a traceback
+        value = getattr(args, name)
+        if value is not None and not re.fullmatch(r"\d+(,\d+)*", value):
+            p.error(f"--{name} takes comma-separated whole numbers, not '{value}'")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.teachers = args.teachers.split(",")
     for name in args.teachers:
         if name not in TEACHERS:
             p.error(f"unknown teacher '{name}'; known: {', '.join(TEACHERS)}")
     args.devices = args.devices.split(",")
+    for name in args.devices:  # job_env gives threads to "cpu" slots only
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+            p.error(f"--devices: '{name}' is not a device; give cpu, cuda or cuda:N, comma-separated")
+    if args.threads < 0:
+        p.error("--threads must be 0 (share the cores out) or more")
     for name in args.methods:
         if name not in METHODS:
             p.error(f"unknown method '{name}'; known: {', '.join(METHODS)}")
@@ -254,7 +263,7 @@ def check_backend(p, args):
         return
     if args.devices != ["cpu"]:
         p.error("--devices is for --backend=local; with Ray give each job --cpus_per_job and --gpus_per_job")
-    if args.cpus_per_job < 1 or args.gpus_per_job < 0 or (args.gpus_per_job > 1 and args.gpus_per_job % 1):
+    if args.cpus_per_job < 1 or not args.gpus_per_job >= 0 or (args.gpus_per_job > 1 and args.gpus_per_job % 1):
         p.error("--cpus_per_job must be 1 or more, --gpus_per_job a fraction up to 1 or a whole number")
     if not args.report_only and importlib.util.find_spec("ray") is None:
         p.error("--backend=ray needs Ray: pip install -r requirements-cluster.txt")
@@ -400,11 +409,33 @@ def run_job(args, job, device):
             return job, None
         if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "last.pt")):
             shutil.rmtree(folder)  # died before its first checkpoint: nothing to resume
+        changed = resumed_elsewhere(folder, device, job_env(args, device))
+        if changed:
+            return job, changed
         log = os.path.join(args.save_dir, "logs", f"{job.name}.log")
-        with open(log, "a") as out:
+        with open(log, "a") as out:  # the run holds the lock too: a runner killed before it leaves the job locked
             rc = subprocess.run(command(args, job, device), stdout=out, stderr=subprocess.STDOUT,
-                                env=job_env(args, device), cwd=ROOT).returncode
+                                env=job_env(args, device), cwd=ROOT, pass_fds=(lock.fileno(),)).returncode
     return job, None if rc == 0 else f"exit {rc}, see {log}"
+
+
+def resumed_elsewhere(folder, device, env):
+    """Why the run in `folder` may not be resumed on `device` with `env`'s
+    threads, or None: its summary would name only the resume's device and
+    thread count, and a CPU run's numbers depend on the thread count."""
+    try:
+        with open(os.path.join(folder, "args.json")) as f:
+            began = json.load(f)
+    except (OSError, ValueError):
+        return None  # a new run, or one killed before its args.json: nothing to compare
+    kind = lambda name: "cuda" if str(name).startswith("cuda") else str(name)  # noqa: E731
+    if kind(began.get("device")) != kind(device):
+        return f"{folder} began on {began.get('device')}, and this sweep would resume it on {device}"
+    threads = env.get("OMP_NUM_THREADS")
+    if kind(device) == "cpu" and threads and began.get("threads") not in (None, int(threads)):
+        return (f"{folder} began with {began['threads']} thread(s), and this sweep would resume it with {threads}: "
+                f"rerun with --threads={began['threads']} (results depend on the thread count)")
+    return None
 
 
 def is_done(folder):

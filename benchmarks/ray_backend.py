@@ -65,10 +65,12 @@ def run_jobs(ray, args, jobs, command):
     pending = {task.options(name=job.name, **resources).remote(args, dataclasses.asdict(job), device): job
                for job in jobs}
     while pending:
-        (ready,), _ = ray.wait(list(pending), num_returns=1)
-        job = pending.pop(ready)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # no timeout: Ctrl-C waits for a job's end
+        if not ready:
+            continue
+        job = pending.pop(ready[0])
         try:
-            error = ray.get(ready)
+            error = ray.get(ready[0])
         except ray.exceptions.RayError as err:  # the worker or its node died, not the run
             error = f"Ray: {type(err).__name__}: {last_line(str(err))}"
         yield job, error and failure_report(args, job, error, command(args, job, device))

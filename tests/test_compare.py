@@ -260,6 +260,35 @@ def test_backend_flags_belong_to_their_backend(monkeypatch, tmp_path):
     assert args.save_dir == "runs" and args.threads == 0
 
 
+def test_lists_threads_and_devices_no_job_could_honour_are_refused():
+    for flags in (["--seeds=1,x"], ["--budgets=10,x"], ["--seeds=1,"], ["--threads=-2"], ["--devices=cpu,"],
+                  ["--devices=gpu"], ["--backend=ray", "--gpus_per_job=nan"]):
+        with pytest.raises(SystemExit):
+            compare.parse_args(flags)
+    assert compare.parse_args(["--devices=cpu,cuda:1,cuda", "--seeds=1,22"]).seeds == [1, 22]
+
+
+def test_a_run_resumes_only_where_and_as_it_began(tmp_path):
+    """Its summary names one device and thread count: a resume on another is refused."""
+    (tmp_path / "args.json").write_text(json.dumps({"device": "cpu", "threads": 1}))
+    assert compare.resumed_elsewhere(str(tmp_path), "cpu", {"OMP_NUM_THREADS": "1"}) is None
+    assert "rerun with --threads=1" in compare.resumed_elsewhere(str(tmp_path), "cpu", {"OMP_NUM_THREADS": "2"})
+    assert "began on cpu" in compare.resumed_elsewhere(str(tmp_path), "cuda:0", {})
+    assert compare.resumed_elsewhere(str(tmp_path / "new"), "cuda", {}) is None
+
+
+def test_the_job_holds_its_lock_as_long_as_it_runs(tmp_path, monkeypatch):
+    """The job's process inherits the lock, so a runner killed under it leaves
+    the job locked for as long as the job lives (two runs in one folder pay twice)."""
+    holds = ("import os, sys; fds = os.listdir('/proc/self/fd'); sys.exit(0 if any(os.path.realpath("
+             "f'/proc/self/fd/{fd}').endswith('.lock') for fd in fds) else 3)")
+    monkeypatch.setattr(compare, "command", lambda args, job, device: [sys.executable, "-c", holds])
+    args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=20",
+                               f"--save_dir={tmp_path}", "--threads=1"])
+    job = compare.plan(args)[0]
+    assert compare.run_job(args, job, "cpu") == (job, None)
+
+
 def test_a_failure_report_names_the_command_and_the_log_last_line(tmp_path):
     ray_backend = load_script("benchmarks/ray_backend.py")
     job, args = compare.Job("noise", "mnist", 1, 40), argparse.Namespace(save_dir=str(tmp_path))
