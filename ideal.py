@@ -66,8 +66,9 @@ def parse_args(argv=None):
                         help="with --method=ideal: this share of every batch (of the candidates, with --candidates) "
                              "is pool images the teacher has answered, mildly warped, drawn so that every class it "
                              "has named is drawn alike")
-    beyond.add_argument("--warm_generator", action="store_true",
-                        help="keep the generator and its Adam state from epoch to epoch, not re-initialised")
+    beyond.add_argument("--warm_generator", action=argparse.BooleanOptionalAction, default=False,
+                        help="keep the generator and its Adam state from epoch to epoch, not re-initialised "
+                             "(--no-warm_generator turns off a preset's)")
     beyond.add_argument("--candidates", type=int, default=1,
                         help="train the generator on K*batch_size images and pay the teacher for the batch_size "
                              "the student is least sure of (balanced over the targets); no extra query")

@@ -325,6 +325,8 @@ def test_best_preset_keeps_the_generator_fresh_on_fmnist():
     args = ideal.parse_args(["--preset=best", "--dataset=fmnist"])
     assert not args.warm_generator and (args.g_steps, args.ngf, args.lr_g) == (10, 16, 0.01)
     assert ideal.parse_args(["--preset=best", "--dataset=fmnist", "--warm_generator"]).warm_generator
+    # a preset's switch is a default too: the command line can turn it off
+    assert not ideal.parse_args(["--preset=best", "--dataset=mnist", "--no-warm_generator"]).warm_generator
 
 
 @pytest.mark.parametrize("preset, error", [
