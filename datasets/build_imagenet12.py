@@ -83,11 +83,13 @@ def build_split(split_dir, wnids):
 
 
 def main(argv=None):
-    """Build both splits and write them atomically to OUT_DIR/{train,test}.npz."""
+    """Build both splits, then write them atomically to OUT_DIR/{train,test}.npz:
+    a build that fails or is stopped on one split replaces neither file."""
     args = parse_args(argv)
     wnids = parse_classes(args.classes)
+    built = {train: build_split(args.imagenet_dir / source, wnids) for train, source in SOURCE_SPLITS.items()}
     for train, source in SOURCE_SPLITS.items():
-        images, labels = build_split(args.imagenet_dir / source, wnids)
+        images, labels = built[train]
         path = args.out_dir / SPLIT_FILES[train]
         with atomic_open(path) as f:
             np.savez(f, images=images, labels=labels, classes=np.array(wnids))

@@ -44,14 +44,15 @@ def remove_temp_files(folder) -> list:
     return names
 
 
-def read_with(dataset_class, root, **kwargs):
+def read_with(dataset_class, root, where=None, **kwargs):
     """An instance of one of torchvision's dataset classes, read from `root`
     with download=False; anything it refuses (its md5 check, a file it cannot
-    parse) becomes a one-line DatasetError."""
+    parse) becomes a one-line DatasetError naming `where` (the files it read,
+    e.g. 'FOLDER (NAME, NAME)'), else `root`."""
     try:
         return dataset_class(root=str(root), download=False, **kwargs)
     except Exception as err:  # a third-party reader: its errors are many and not ours to list
         reason = (str(err).strip().splitlines() or ["no message"])[0]
-        raise DatasetError(f"torchvision's {dataset_class.__name__} cannot read the files in {root} "
+        raise DatasetError(f"torchvision's {dataset_class.__name__} cannot read the files in {where or root} "
                            f"({type(err).__name__}: {reason}): they are corrupt or incomplete; "
                            "delete them and fetch them again") from None

@@ -32,14 +32,14 @@ def load_cifar10(data_dir, train):
     """CIFAR-10 from the python pickles in `data_dir/cifar-10-batches-py`."""
     _require(Path(data_dir) / "cifar-10-batches-py", CIFAR10_FILES,
              f"torchvision.datasets.CIFAR10(root='{data_dir}', download=True)")
-    return _images_and_labels(read_with(CIFAR10, data_dir, train=train))
+    return _images_and_labels(read_with(CIFAR10, data_dir, where=Path(data_dir) / "cifar-10-batches-py", train=train))
 
 
 def load_cifar100(data_dir, train):
     """CIFAR-100 (its 100 fine labels) from the pickles in `data_dir/cifar-100-python`."""
     _require(Path(data_dir) / "cifar-100-python", CIFAR100_FILES,
              f"torchvision.datasets.CIFAR100(root='{data_dir}', download=True)")
-    return _images_and_labels(read_with(CIFAR100, data_dir, train=train))
+    return _images_and_labels(read_with(CIFAR100, data_dir, where=Path(data_dir) / "cifar-100-python", train=train))
 
 
 def _images_and_labels(cifar):

@@ -39,5 +39,23 @@ def load_imagenet12(data_dir, train):
     if not path.is_file():
         raise DatasetError(f"missing {path}: build it with `python -m datasets.build_imagenet12 "
                            f"--imagenet_dir PATH --out_dir {out_dir}`")
-    with np.load(path) as arrays:
-        return arrays["images"].transpose(0, 3, 1, 2), arrays["labels"]
+    images, labels, classes = _read(path, out_dir)
+    other = out_dir / SPLIT_FILES[not train]
+    if other.is_file() and _read(other, out_dir, arrays=("classes",))[0].tolist() != classes.tolist():
+        raise DatasetError(f"{out_dir}/train.npz and test.npz hold different classes (a build that stopped "
+                           f"half way?): build both again with `python -m datasets.build_imagenet12 "
+                           f"--imagenet_dir PATH --out_dir {out_dir}`")
+    if images.ndim != 4:
+        raise DatasetError(f"{path} holds images of shape {images.shape}, expected (N, 64, 64, 3)")
+    return images.transpose(0, 3, 1, 2), labels
+
+
+def _read(path, out_dir, arrays=("images", "labels", "classes")):
+    """The named arrays of one split file; a damaged file is one line."""
+    try:
+        with np.load(path) as npz:
+            return tuple(npz[name] for name in arrays)
+    except Exception as err:  # BadZipFile, bad CRC, a missing array, an object array
+        raise DatasetError(f"{path} is corrupt or incomplete ({type(err).__name__}: {err}); build it again "
+                           f"with `python -m datasets.build_imagenet12 --imagenet_dir PATH --out_dir {out_dir}`"
+                           ) from None

@@ -28,13 +28,17 @@ def load_tinyimagenet(data_dir, train):
     wnids = read_wnids(root)
     cache = root / f"cache_{'train' if train else 'val'}.npz"
     if cache.is_file():
-        with np.load(cache) as arrays:
-            return arrays["images"], arrays["labels"]
+        try:
+            with np.load(cache) as arrays:
+                if arrays["wnids"].tolist() == wnids:  # else made from another wnids.txt: other labels
+                    return arrays["images"], arrays["labels"]
+        except Exception as err:  # BadZipFile, bad CRC, a missing array: decode again below
+            print(f"tinyimagenet: {cache} is damaged ({type(err).__name__}: {err})", flush=True)
     files, labels = (train_files if train else val_files)(root, wnids)
     print(f"tinyimagenet: decoding {len(files)} JPEGs once, caching them in {cache}", flush=True)
     images = decode_jpegs(files)
     with atomic_open(cache) as f:
-        np.savez(f, images=images, labels=labels)
+        np.savez(f, images=images, labels=labels, wnids=np.array(wnids))
     return images, labels
 
 
@@ -44,7 +48,14 @@ def read_wnids(root):
     if not path.is_file():
         raise DatasetError(f"missing {path}: unzip tiny-imagenet-200.zip "
                            f"(http://cs231n.stanford.edu/tiny-imagenet-200.zip) into {root.parent}")
-    return sorted(line.strip() for line in path.read_text().splitlines() if line.strip())
+    wnids = sorted(line.strip() for line in path.read_text().splitlines() if line.strip())
+    train = root / "train"
+    folders = sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else wnids
+    if len(set(wnids)) != len(wnids) or wnids != folders:  # a cut or edited wnids.txt shifts every label
+        raise DatasetError(f"{path} lists {len(wnids)} wnids ({len(set(wnids))} distinct) but {train} "
+                           f"has {len(folders)} class folders, not the same: the tiny-imagenet-200 folder is "
+                           "incomplete; unzip it again")
+    return wnids
 
 
 def train_files(root, wnids):
@@ -71,6 +82,10 @@ def val_files(root, wnids):
     unknown = {wnid for _, wnid in rows} - label_of.keys()
     if unknown:
         raise DatasetError(f"{path} names wnids absent from wnids.txt: {sorted(unknown)[:5]}")
+    on_disk = sorted(p.name for p in (root / "val" / "images").glob("*") if p.suffix.lower() in JPEG_SUFFIXES)
+    if [name for name, _ in rows] != on_disk:  # a cut annotations file, or images missing
+        raise DatasetError(f"{path} names {len(rows)} images but {root / 'val' / 'images'} holds {len(on_disk)} "
+                           "JPEGs, not the same: the tiny-imagenet-200 folder is incomplete; unzip it again")
     files = [root / "val" / "images" / name for name, _ in rows]
     return files, np.array([label_of[wnid] for _, wnid in rows], np.int64)
 
@@ -79,8 +94,12 @@ def decode_jpegs(files):
     """Decode 64x64 images (grey ones converted to RGB) into (N, 3, 64, 64) uint8."""
     images = np.empty((len(files), 3, SIZE, SIZE), np.uint8)
     for i, path in enumerate(files):
-        with Image.open(path) as image:
-            if image.size != (SIZE, SIZE):
-                raise DatasetError(f"{path} is {image.size}, expected {SIZE}x{SIZE}")
-            images[i] = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+        try:
+            with Image.open(path) as image:
+                if image.size != (SIZE, SIZE):
+                    raise DatasetError(f"{path} is {image.size}, expected {SIZE}x{SIZE}")
+                images[i] = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+        except OSError as err:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
+            raise DatasetError(f"{path} is corrupt or truncated ({type(err).__name__}: {err}); "
+                               "unzip tiny-imagenet-200 again") from None
     return images

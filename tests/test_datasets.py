@@ -445,3 +445,48 @@ def test_build_imagenet12_missing_class_folder(tmp_path):
 def test_imagenet12_missing_names_command(tmp_path):
     with pytest.raises(DatasetError, match="python -m datasets.build_imagenet12"):
         load_split("imagenet12", data_dir=tmp_path)
+
+
+def test_idx_file_of_real_size_must_be_the_real_file(tmp_path):
+    """A same-size corruption (or the other split's file) is refused, not read."""
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx_folder(raw, compress=False)
+    write_idx_by_hand(raw / "t10k-labels-idx1-ubyte", np.zeros(10_000, np.uint8))  # MNIST's real size
+    with pytest.raises(DatasetError, match="is not MNIST's t10k-labels-idx1-ubyte"):
+        load_split("mnist", data_dir=tmp_path, train=False)
+
+
+def test_unpack_write_failure_does_not_blame_the_gzip(tmp_path, monkeypatch):
+    import datasets.common
+    write_idx_folder(tmp_path / "MNIST" / "raw", compress=True)
+    monkeypatch.setattr(datasets.common.tempfile, "mkstemp",
+                        lambda **kw: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(DatasetError, match="cannot unpack .*No space left"):
+        load_split("mnist", data_dir=tmp_path)
+
+
+def test_tinyimagenet_cut_wnids_is_refused(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    for wnid in ("n01", "n02", "n03"):
+        solid_jpeg(root / "train" / wnid / "images" / f"{wnid}_0.JPEG", COLOURS[0])
+    (root / "wnids.txt").write_text("n01\nn03\n")  # n02 lost: n03 would become label 1
+    with pytest.raises(DatasetError, match="wnids.txt lists 2 wnids"):
+        load_split("tinyimagenet", data_dir=tmp_path)
+    assert not (root / "cache_train.npz").exists()
+
+
+def test_build_imagenet12_failing_on_val_replaces_neither_split(tmp_path):
+    other = tuple(f"n9{i:07d}" for i in range(12))
+    fake_imagenet(tmp_path / "imagenet", IMAGENET12_WNIDS)
+    for wnid in other:  # train/ has the other twelve, val/ does not
+        solid_jpeg(tmp_path / "imagenet" / "train" / wnid / "a.JPEG", (1, 2, 3))
+    out_dir = tmp_path / "data" / "imagenet12"
+    build_imagenet12.main(["--imagenet_dir", str(tmp_path / "imagenet"), "--out_dir", str(out_dir)])
+    with pytest.raises(DatasetError, match="missing class folders"):
+        build_imagenet12.main(["--imagenet_dir", str(tmp_path / "imagenet"), "--out_dir", str(out_dir),
+                               "--classes", ",".join(other)])
+    load_split("imagenet12", data_dir=tmp_path / "data", train=True)  # still the first build, both splits
+    with np.load(out_dir / "train.npz") as arrays:
+        np.savez(out_dir / "train.npz", **{**arrays, "classes": np.array(other)})
+    with pytest.raises(DatasetError, match="hold different classes"):
+        load_split("imagenet12", data_dir=tmp_path / "data", train=False)
