@@ -135,12 +135,17 @@ def test_a_resumed_prior_run_equals_an_uninterrupted_one(workspace, monkeypatch,
     assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
 
 
-def test_label_first_labels_everything_before_the_student_trains(workspace, monkeypatch):  # noqa: F811
-    """DIP-KD's protocol: the whole budget labelled, then --distill_epochs over it."""
-    seen = []
-    real = ideal.distill_epoch
+def pools_trained_on(monkeypatch):
+    """A list that gets the pool's size at every distillation pass of ideal.py."""
+    seen, real = [], ideal.distill_epoch
     monkeypatch.setattr(ideal, "distill_epoch", lambda args, student, optimizer, pool, *rest: seen.append(
         len(pool)) or real(args, student, optimizer, pool, *rest))
+    return seen
+
+
+def test_label_first_labels_everything_before_the_student_trains(workspace, monkeypatch):  # noqa: F811
+    """DIP-KD's protocol: the whole budget labelled, then --distill_epochs over it."""
+    seen = pools_trained_on(monkeypatch)
     summary, _ = run_ideal(workspace, "--method=noise", "--label_first", "--epochs=3", "--distill_epochs=2",
                            "--query_budget=25", "--exp_name=label_first")
     assert seen == [25, 25, 25]  # the last generation epoch and the two after it, each on all 25 images
@@ -154,10 +159,7 @@ def test_label_first_labels_everything_before_the_student_trains(workspace, monk
 def test_label_first_trains_1_plus_distill_epochs_when_the_budget_ends_early(workspace, monkeypatch):  # noqa: F811
     """A budget spent at epoch 3 of 10 still means: label everything, then train
     the last labelling epoch and --distill_epochs (it trained every epoch from 3)."""
-    seen = []
-    real = ideal.distill_epoch
-    monkeypatch.setattr(ideal, "distill_epoch", lambda args, student, optimizer, pool, *rest: seen.append(
-        len(pool)) or real(args, student, optimizer, pool, *rest))
+    seen = pools_trained_on(monkeypatch)
     summary, _ = run_ideal(workspace, "--method=noise", "--label_first", "--epochs=10", "--distill_epochs=2",
                            "--query_budget=25", "--exp_name=label_first_early")
     assert seen == [25, 25, 25] and summary["queries"] == 25
