@@ -601,8 +601,9 @@ def collect(args, jobs):
         summary = run_summary(folder, args.unfinished)
         if summary is None:
             continue
-        if misfit(args, job, summary):
-            raise UserError(misfit(args, job, summary))
+        problem = misfit(args, job, summary)
+        if problem:
+            raise UserError(problem)
         split = summary.get("eval_split", "test")  # val: held-out training images (ideal.py --eval_split)
         curve = read_curve(folder, split)
         if not curve and not summary.get("unfinished"):  # only a run under way may have no points yet
