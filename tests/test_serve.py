@@ -257,6 +257,27 @@ def test_retry_after_a_5xx_reuses_the_request_id(serve, monkeypatch):
     assert calls == [6, 6] and remote.queries == served.used("alice") == 6
 
 
+def test_a_408_is_asked_again_and_billed_once(serve, monkeypatch):
+    """A 408 says the server's deadline ran out before the request all arrived
+    (a slow link, or a server busy with a flood): nothing was read, so the
+    client sends it again, as it does after a 5xx."""
+    import utils.remote as remote_module
+    served = serve()
+    real_open, statuses = remote_module.NO_REDIRECTS.open, []
+
+    def late_once(request, timeout):
+        if request.get_method() == "POST" and not statuses:
+            statuses.append(408)
+            raise urllib.error.HTTPError(request.full_url, 408, "Request Timeout", {}, io.BytesIO(b'{"error": "late"}'))
+        statuses.append(200)
+        return real_open(request, timeout=timeout)
+
+    remote = RemoteBlackBox(served.url, KEYS["alice"], backoff_s=0.01)
+    monkeypatch.setattr(remote_module.NO_REDIRECTS, "open", late_once)
+    remote(to_float(torch.from_numpy(images(6))))
+    assert statuses == [408, 200] and remote.queries == served.used("alice") == 6
+
+
 def test_unreachable_server_is_one_line(files):
     with pytest.raises(RemoteTeacherError, match="did not answer after 3 tries"):
         RemoteBlackBox("http://127.0.0.1:9", KEYS["alice"], retries=2, backoff_s=0.01)

@@ -223,8 +223,10 @@ class RemoteBlackBox:
         raise RemoteTeacherError(f"the teacher at {self.url} answered {status}: {reply.get('error')}{hint}")
 
     def _send(self, method: str, path: str, body: bytes = None, headers: dict = None):
-        """(status, headers, body) of the first answer that is not a 5xx; after
-        `retries` more tries a RemoteTeacherError."""
+        """(status, headers, body) of the first answer that is neither a 5xx nor
+        a 408 (the server's deadline for the request ran out before it all
+        arrived: nothing was read, so nothing was billed); after `retries` more
+        tries a RemoteTeacherError."""
         request = urllib.request.Request(self.url + path, data=body, method=method,
                                          headers={"Authorization": f"Bearer {self._key}", **(headers or {})})
         for attempt in range(self.retries + 1):
@@ -233,7 +235,7 @@ class RemoteBlackBox:
                     return reply.status, reply.headers, reply.read()
             except urllib.error.HTTPError as err:
                 status, reply_headers, payload = err.code, err.headers, err.read()
-                if status < 500:
+                if status < 500 and status != 408:
                     return status, reply_headers, payload
                 failure = f"{status} {payload[:200].decode(errors='replace')}"
             except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
