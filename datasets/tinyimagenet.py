@@ -68,6 +68,11 @@ def train_files(root, wnids):
             raise DatasetError(f"no JPEGs in {folder}: the tiny-imagenet-200 folder is incomplete")
         files += found
         labels += [label] * len(found)
+    counts = np.bincount(labels, minlength=len(wnids))
+    if counts.min() != counts.max():  # the real set holds 500 per class; an unzip cut short leaves one class light
+        light = wnids[int(counts.argmin())]
+        raise DatasetError(f"{root / 'train' / light / 'images'} holds {counts.min()} JPEGs where the other classes "
+                           f"hold up to {counts.max()}: the tiny-imagenet-200 folder is incomplete; unzip it again")
     return files, np.array(labels, np.int64)
 
 

@@ -475,6 +475,20 @@ def test_tinyimagenet_cut_wnids_is_refused(tmp_path):
     assert not (root / "cache_train.npz").exists()
 
 
+def test_tinyimagenet_cut_short_unzip_is_refused(tmp_path):
+    """An unzip stopped partway leaves the last class folder it wrote light:
+    loading it would cache a set with one class under-represented."""
+    root = tmp_path / "tiny-imagenet-200"
+    (root / "train").mkdir(parents=True)
+    (root / "wnids.txt").write_text("n01\nn02\n")
+    for wnid, count in (("n01", 3), ("n02", 1)):
+        for i in range(count):
+            solid_jpeg(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", COLOURS[0])
+    with pytest.raises(DatasetError, match="n02/images holds 1 JPEGs where the other classes hold up to 3"):
+        load_split("tinyimagenet", data_dir=tmp_path)
+    assert not (root / "cache_train.npz").exists()
+
+
 def test_build_imagenet12_failing_on_val_replaces_neither_split(tmp_path):
     other = tuple(f"n9{i:07d}" for i in range(12))
     fake_imagenet(tmp_path / "imagenet", IMAGENET12_WNIDS)
