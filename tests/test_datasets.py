@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import zipfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -473,6 +474,22 @@ def test_tinyimagenet_cut_wnids_is_refused(tmp_path):
     with pytest.raises(DatasetError, match="wnids.txt lists 2 wnids"):
         load_split("tinyimagenet", data_dir=tmp_path)
     assert not (root / "cache_train.npz").exists()
+
+
+@pytest.mark.parametrize("dataset,folder", [("mnist", "MNIST"), ("fmnist", "FashionMNIST")])
+def test_a_killed_fetchs_temp_files_are_removed_once_stale(tmp_path, dataset, folder):
+    """A fetch killed mid-write (SIGKILL: no cleanup runs) leaves a .tmp- file
+    of up to 47 MB; the next load removes it once it is an hour old, and keeps a
+    fresh one, which may be another process's write under way."""
+    raw = tmp_path / folder / "raw"
+    write_idx_folder(raw, compress=False)
+    stale, fresh = raw / ".tmp-train-images-idx3-ubyte-ab12", raw / ".tmp-t10k-images-idx3-ubyte-cd34"
+    for path in (stale, fresh):
+        path.write_bytes(b"cut short")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    load_split(dataset, data_dir=tmp_path, train=False)
+    assert not stale.exists() and fresh.exists()
 
 
 def test_tinyimagenet_cut_short_unzip_is_refused(tmp_path):
