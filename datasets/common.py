@@ -41,12 +41,16 @@ def remove_temp_files(folder, older_than_s: float = 0.0) -> list:
     `folder`, those last written over `older_than_s` seconds ago (a folder that
     another process may be writing to at the same moment keeps its fresh ones);
     returns their names."""
-    cutoff = time.time() - older_than_s
-    names = sorted(n for n in os.listdir(folder)
-                   if n.startswith(TEMP_PREFIX) and os.path.getmtime(os.path.join(folder, n)) <= cutoff)
-    for name in names:
-        os.unlink(os.path.join(folder, name))
-    return names
+    cutoff, removed = time.time() - older_than_s, []
+    for name in sorted(n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)):
+        path = os.path.join(folder, name)
+        try:
+            if os.path.getmtime(path) <= cutoff:
+                os.unlink(path)
+                removed.append(name)
+        except FileNotFoundError:  # renamed by its writer, or removed by another cleaner, meanwhile
+            continue
+    return removed
 
 
 def read_with(dataset_class, root, where=None, **kwargs):

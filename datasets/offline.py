@@ -83,7 +83,10 @@ def remove_stale(raw_dir):
     """Delete what a fetch or unpack killed mid-write left in `raw_dir` (up to
     47 MB a file); a fresh temporary file may be another process's write."""
     if Path(raw_dir).is_dir():
-        remove_temp_files(raw_dir, older_than_s=STALE_TEMP_S)
+        try:
+            remove_temp_files(raw_dir, older_than_s=STALE_TEMP_S)
+        except OSError:  # a shared folder this user cannot write to: the leftovers are its owner's to remove
+            pass
 
 
 def fetch_mnist(raw_dir):

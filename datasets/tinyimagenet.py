@@ -30,7 +30,8 @@ def load_tinyimagenet(data_dir, train):
     if cache.is_file():
         try:
             with np.load(cache) as arrays:
-                if arrays["wnids"].tolist() == wnids:  # else made from another wnids.txt: other labels
+                # else made from another wnids.txt (other labels), or, before that was checked, from a cut folder
+                if arrays["wnids"].tolist() == wnids and not (train and uneven(arrays["labels"], len(wnids))):
                     return arrays["images"], arrays["labels"]
         except Exception as err:  # BadZipFile, bad CRC, a missing array: decode again below
             print(f"tinyimagenet: {cache} is damaged ({type(err).__name__}: {err})", flush=True)
@@ -68,12 +69,18 @@ def train_files(root, wnids):
             raise DatasetError(f"no JPEGs in {folder}: the tiny-imagenet-200 folder is incomplete")
         files += found
         labels += [label] * len(found)
-    counts = np.bincount(labels, minlength=len(wnids))
-    if counts.min() != counts.max():  # the real set holds 500 per class; an unzip cut short leaves one class light
+    if uneven(labels, len(wnids)):  # the real set holds 500 per class; an unzip cut short leaves one class light
+        counts = np.bincount(labels, minlength=len(wnids))
         light = wnids[int(counts.argmin())]
         raise DatasetError(f"{root / 'train' / light / 'images'} holds {counts.min()} JPEGs where the other classes "
                            f"hold up to {counts.max()}: the tiny-imagenet-200 folder is incomplete; unzip it again")
     return files, np.array(labels, np.int64)
+
+
+def uneven(labels, classes: int) -> bool:
+    """True if the classes do not all hold as many images."""
+    counts = np.bincount(np.asarray(labels), minlength=classes)
+    return counts.min() != counts.max()
 
 
 def val_files(root, wnids):

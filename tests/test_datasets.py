@@ -504,6 +504,11 @@ def test_tinyimagenet_cut_short_unzip_is_refused(tmp_path):
     with pytest.raises(DatasetError, match="n02/images holds 1 JPEGs where the other classes hold up to 3"):
         load_split("tinyimagenet", data_dir=tmp_path)
     assert not (root / "cache_train.npz").exists()
+    # a cache made from such a folder before this check is decoded again, and so refused too
+    images, labels = np.zeros((4, 3, 64, 64), np.uint8), np.array([0, 0, 0, 1])
+    np.savez(root / "cache_train.npz", images=images, labels=labels, wnids=np.array(["n01", "n02"]))
+    with pytest.raises(DatasetError, match="n02/images holds 1 JPEGs"):
+        load_split("tinyimagenet", data_dir=tmp_path)
 
 
 def test_build_imagenet12_failing_on_val_replaces_neither_split(tmp_path):
@@ -521,3 +526,30 @@ def test_build_imagenet12_failing_on_val_replaces_neither_split(tmp_path):
         np.savez(out_dir / "train.npz", **{**arrays, "classes": np.array(other)})
     with pytest.raises(DatasetError, match="hold different classes"):
         load_split("imagenet12", data_dir=tmp_path / "data", train=False)
+
+
+def test_stale_temp_cleanup_is_best_effort(tmp_path, monkeypatch):
+    """Two loaders cleaning one folder at once, or a writer renaming its file
+    meanwhile: a name gone between the listing and the removal is skipped; a
+    folder the user cannot write to keeps its leftovers, and the load goes on."""
+    import datasets.common
+    from datasets.common import remove_temp_files
+    (tmp_path / ".tmp-a").write_bytes(b"x")
+    (tmp_path / ".tmp-b").write_bytes(b"x")
+    real_unlink = os.unlink
+
+    def racing_unlink(path):
+        if path.endswith(".tmp-a"):
+            real_unlink(path)  # another cleaner got there first
+            raise FileNotFoundError(path)
+        real_unlink(path)
+
+    monkeypatch.setattr(datasets.common.os, "unlink", racing_unlink)
+    assert remove_temp_files(tmp_path) == [".tmp-b"] and not list(tmp_path.iterdir())
+    monkeypatch.setattr(datasets.common.os, "unlink", lambda path: (_ for _ in ()).throw(PermissionError(13, path)))
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx_folder(raw, compress=False)
+    stale = raw / ".tmp-left"
+    stale.write_bytes(b"x")
+    os.utime(stale, (0, 0))
+    assert load_split("mnist", data_dir=tmp_path, train=False)[0].shape[0] == 3 and stale.exists()

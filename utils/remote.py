@@ -132,7 +132,7 @@ class RemoteBlackBox:
     def __init__(self, url: str, key: str, budget: int = 0, timeout_s: float = 60.0,
                  retries: int = 5, backoff_s: float = 0.5):
         """budget: this client's own cap (0 = none), on top of the key's budget
-        on the server; retries: further tries after a connection error or a 5xx,
+        on the server; retries: further tries after a connection error, a 5xx or a 408,
         waiting backoff_s, 2*backoff_s, ... (at most 30 s) in between."""
         self.url, self._key = url.rstrip("/"), key
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s

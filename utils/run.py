@@ -62,8 +62,9 @@ def to_device(module, device):
     """Move a network to `device` in channels_last layout: faster for LeNet's
     forward and IDEAL's generator step on the CPU, and the layout tensor cores
     prefer on CUDA (docs/PERFORMANCE.md). The convolutions then sum in another
-    order, so a seeded run differs in its last bits from one in the default
-    layout, and its accuracy within the seeds' spread ("Speed changes keep results")."""
+    order, so a seeded run is not bit-identical to one in the default layout:
+    the differences grow over training, and its final accuracy moved by about a
+    point, within the seeds' spread ("Speed changes keep results")."""
     return module.to(device, memory_format=torch.channels_last)
 
 
