@@ -893,15 +893,14 @@ def plot(records, dataset, path):
         for r in by_seed.values():  # where a run under way stops, and the mean loses a seed
             if r["unfinished"]:
                 ax.plot(*r["curve"][-1][:2], marker="x", color=line.get_color())
-    for acc in dict.fromkeys(r["teacher_acc"] for r in ours):
-        ax.axhline(acc, ls="--", c="k", label=f"teacher ({acc:.2f}%)")
+    for acc, style in zip(dict.fromkeys(r["teacher_acc"] for r in ours), ("--", ":", "-.", (0, (5, 5)))):
+        ax.axhline(acc, ls=style, c="k", label=f"teacher ({acc:.2f}%)")  # two teacher files: two line styles
     scored = "held-out" if ours[0]["eval_split"] == "val" else "test"
     ax.set(xlabel="teacher queries", ylabel=f"student {scored} accuracy (%)", title=f"{dataset}, teacher {ours[0]['teacher']}")
     ax.set_xscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: never over a point
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -227,6 +227,25 @@ def test_figure_error_bars_are_the_tables_sample_std(tmp_path, monkeypatch):
     assert drawn == {5000: statistics.stdev([90.0, 92.0, 94.0]), 25000: 0.0}
 
 
+def test_figure_tells_two_teacher_files_apart(tmp_path, monkeypatch):
+    """A column whose rows asked two files of one recipe draws each teacher's
+    accuracy in its own line style, so the legend says which line is which."""
+    import matplotlib.axes
+    styles = {}
+    real = matplotlib.axes.Axes.axhline
+
+    def spy(self, y, **kwargs):
+        styles[y] = kwargs["ls"]
+        return real(self, y, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", spy)
+    base = {"dataset": "fmnist", "method": "naive", "teacher": "main", "eval_split": "test", "budget": 5000}
+    records = [{**base, "teacher_acc": 92.11, "teacher_sha256": "e3a2dced" * 8, "final_acc": 10.0},
+               {**base, "method": "prior_kd", "teacher_acc": 92.17, "teacher_sha256": None, "final_acc": 40.0}]
+    compare.plot(records, "fmnist", str(tmp_path / "f.png"))
+    assert set(styles) == {92.11, 92.17} and styles[92.11] != styles[92.17]
+
+
 def test_per_budget_method_runs_once_per_budget():
     args = compare.parse_args(["--methods=dfme,noise", "--datasets=mnist", "--seeds=1,2",
                                "--budgets=5000,25000"])
