@@ -13,8 +13,8 @@ import pickle
 import shutil
 import struct
 import subprocess
-import zipfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
