@@ -13,6 +13,10 @@ import tempfile
 import pytest
 import torch
 
+import harness.jobs as sweep_jobs
+import harness.ray_backend as ray_backend
+import harness.report as sweep_report
+import harness.runs as sweep_runs
 import ideal
 import pretrain
 from test_scripts import ROOT, load_script, tiny_mnist
@@ -81,15 +85,15 @@ def test_sweep_preset_reaches_the_job(sweep):
 def test_second_sweep_runs_nothing_and_resumes_the_unfinished(sweep, monkeypatch):
     args = compare.parse_args(sweep["flags"])
     ran = []
-    monkeypatch.setattr(compare, "run_job", lambda a, job, device: ran.append(job.name) or (job, None))
+    monkeypatch.setattr(sweep_jobs, "run_job", lambda a, job, device: ran.append(job.name) or (job, None))
     assert compare.main(args) == {} and ran == []
     folder = os.path.join(args.save_dir, "ideal", "mnist-noise-s2")
     os.rename(os.path.join(folder, "summary.json"), os.path.join(folder, "summary.bak"))
     try:
         compare.main(args)
         assert ran == ["mnist-noise-s2"]
-        job = compare.Job("noise", "mnist", 2, 40)
-        assert compare.command(args, job, "cpu")[-1] == "--resume"  # last.pt is there
+        job = sweep_jobs.Job("noise", "mnist", 2, 40)
+        assert sweep_jobs.command(args, job, "cpu")[-1] == "--resume"  # last.pt is there
     finally:
         os.rename(os.path.join(folder, "summary.bak"), os.path.join(folder, "summary.json"))
 
@@ -136,7 +140,7 @@ def test_a_validation_sweep_is_read_and_labelled_as_such(sweep, tmp_path):
     assert compare.main(args) == {}
     results = json.load(open(tmp_path / "compare.json"))
     assert {r["eval_split"] for r in results["rows"]} == {"val"}
-    assert [len(r["curve"]) for r in compare.collect(args, compare.plan(args))] == [4, 4]  # read, not empty
+    assert [len(r["curve"]) for r in sweep_runs.collect(args, sweep_jobs.plan(args))] == [4, 4]  # read, not empty
     assert "| noise [val] | 40 | 40 |" in open(tmp_path / "compare.md").read()
 
 
@@ -149,7 +153,7 @@ def test_unfinished_runs_report_only_the_budgets_they_passed(sweep, tmp_path):
     args.save_dir = str(tmp_path / "runs")
     shutil.copytree(sweep["args"].save_dir, args.save_dir)
     os.remove(os.path.join(args.save_dir, "ideal", "mnist-ideal_cpu-s2", "summary.json"))
-    records = compare.collect(args, compare.plan(args))
+    records = sweep_runs.collect(args, sweep_jobs.plan(args))
     assert sorted((r["seed"], r["budget"], r["unfinished"]) for r in records) == [
         (1, 20, False), (1, 40, False), (2, 20, True)]
     finished = {r["budget"]: r for r in json.load(open(sweep["root"] / "results" / "compare.json"))["runs"]
@@ -162,7 +166,7 @@ def test_unfinished_runs_report_only_the_budgets_they_passed(sweep, tmp_path):
     assert "| ideal_cpu | 20 | 20 |" in open(tmp_path / "compare.md").read()
     assert "2 (1,2*)" in open(tmp_path / "compare.md").read()
     args.unfinished = False
-    assert {r["seed"] for r in compare.collect(args, compare.plan(args))} == {1}
+    assert {r["seed"] for r in sweep_runs.collect(args, sweep_jobs.plan(args))} == {1}
 
 
 def test_a_run_not_yet_evaluated_is_left_out_of_an_unfinished_report(sweep, tmp_path):
@@ -174,37 +178,37 @@ def test_a_run_not_yet_evaluated_is_left_out_of_an_unfinished_report(sweep, tmp_
                                "--unfinished", f"--out={tmp_path}"])
     args.save_dir = str(tmp_path / "runs")
     shutil.copytree(sweep["args"].save_dir, args.save_dir)
-    folder = compare.run_dir(args, next(j for j in compare.plan(args) if j.seed == 2))
+    folder = sweep_jobs.run_dir(args, next(j for j in sweep_jobs.plan(args) if j.seed == 2))
     os.remove(os.path.join(folder, "summary.json"))
     for name in os.listdir(folder):
         if name.startswith("events.out.tfevents"):
             os.remove(os.path.join(folder, name))
     with SummaryWriter(folder) as writer:
         writer.add_scalar("queries", 10, 1)
-    assert compare.read_curve(folder) == []
-    assert [(r["seed"], r["budget"]) for r in compare.collect(args, compare.plan(args))] == [(1, 20)]
+    assert sweep_runs.read_curve(folder) == []
+    assert [(r["seed"], r["budget"]) for r in sweep_runs.collect(args, sweep_jobs.plan(args))] == [(1, 20)]
     with open(os.path.join(folder, "summary.json"), "w") as f:  # finished, yet no curve: refused, not dropped
         f.write("{}")
     with pytest.raises(compare.UserError, match="no test/acc"):
-        compare.collect(args, compare.plan(args))
+        sweep_runs.collect(args, sweep_jobs.plan(args))
 
 
 def test_at_budget_reads_the_last_point_within_it():
     curve = [(10, 30.0, 1.0), (20, 50.0, 2.0), (30, 40.0, 3.0), (40, 60.0, 4.0)]
-    assert compare.at_budget(curve, 5) is None
-    assert compare.at_budget(curve, 20) == (50.0, 50.0, 20, 2.0)
-    assert compare.at_budget(curve, 35) == (40.0, 50.0, 30, 3.0)  # final 40, best so far 50
-    assert compare.at_budget(curve, 40) == (60.0, 60.0, 40, 4.0)
+    assert sweep_runs.at_budget(curve, 5) is None
+    assert sweep_runs.at_budget(curve, 20) == (50.0, 50.0, 20, 2.0)
+    assert sweep_runs.at_budget(curve, 35) == (40.0, 50.0, 30, 3.0)  # final 40, best so far 50
+    assert sweep_runs.at_budget(curve, 40) == (60.0, 60.0, 40, 4.0)
 
 
 def test_band_draws_a_run_under_way_only_as_far_as_it_has_spent():
     done = [(10, 30.0, 1.0), (20, 50.0, 2.0), (40, 70.0, 4.0)]
     under_way = [(10, 10.0, 1.0), (20, 30.0, 2.0)]
-    grid, mean, low, high = compare.band([done, under_way])
+    grid, mean, low, high = sweep_report.band([done, under_way])
     assert grid.tolist() == [10, 20, 40]
     assert mean.tolist() == [20.0, 40.0, 70.0]  # at 40 the finished run alone, not its 30 held flat
     assert low.tolist() == [10.0, 30.0, 70.0] and high.tolist() == [30.0, 50.0, 70.0]
-    grid, mean, _, _ = compare.band([done, [(10, 30.0, 1.0), (30, 50.0, 3.0)]])
+    grid, mean, _, _ = sweep_report.band([done, [(10, 30.0, 1.0), (30, 50.0, 3.0)]])
     assert mean.tolist() == [30.0, 45.0, 55.0, 70.0]  # at 20: (50 + 40) / 2, at 30: (60 + 50) / 2, interpolated
 
 
@@ -223,7 +227,7 @@ def test_figure_error_bars_are_the_tables_sample_std(tmp_path, monkeypatch):
     base = {"dataset": "mnist", "method": "naive", "teacher": "main", "teacher_acc": 99.0, "eval_split": "test"}
     records = [{**base, "budget": 5000, "final_acc": acc} for acc in (90.0, 92.0, 94.0)]
     records.append({**base, "budget": 25000, "final_acc": 9.74})
-    compare.plot(records, "mnist", str(tmp_path / "f.png"))
+    sweep_report.plot(records, "mnist", str(tmp_path / "f.png"))
     assert drawn == {5000: statistics.stdev([90.0, 92.0, 94.0]), 25000: 0.0}
 
 
@@ -242,14 +246,14 @@ def test_figure_tells_two_teacher_files_apart(tmp_path, monkeypatch):
     base = {"dataset": "fmnist", "method": "naive", "teacher": "main", "eval_split": "test", "budget": 5000}
     records = [{**base, "teacher_acc": 92.11, "teacher_sha256": "e3a2dced" * 8, "final_acc": 10.0},
                {**base, "method": "prior_kd", "teacher_acc": 92.17, "teacher_sha256": None, "final_acc": 40.0}]
-    compare.plot(records, "fmnist", str(tmp_path / "f.png"))
+    sweep_report.plot(records, "fmnist", str(tmp_path / "f.png"))
     assert set(styles) == {92.11, 92.17} and styles[92.11] != styles[92.17]
 
 
 def test_per_budget_method_runs_once_per_budget():
     args = compare.parse_args(["--methods=dfme,noise", "--datasets=mnist", "--seeds=1,2",
                                "--budgets=5000,25000"])
-    names = [job.name for job in compare.plan(args)]
+    names = [job.name for job in sweep_jobs.plan(args)]
     assert names == ["mnist-dfme-b5000-s1", "mnist-dfme-b25000-s1", "mnist-dfme-b5000-s2",
                      "mnist-dfme-b25000-s2", "mnist-noise-s1", "mnist-noise-s2"]
     with pytest.raises(SystemExit):
@@ -268,7 +272,6 @@ def test_backend_flags_belong_to_their_backend(monkeypatch, tmp_path):
                   ["--backend=ray", "--devices=cpu,cpu"], ["--backend=ray", "--gpus_per_job=1.5"]):
         with pytest.raises(SystemExit):
             compare.parse_args(flags)
-    ray_backend = load_script("benchmarks/ray_backend.py")
     monkeypatch.setattr(compare.importlib.util, "find_spec", lambda name: None)  # as if Ray were not installed
     with pytest.raises(SystemExit):
         compare.parse_args(["--backend=ray"])
@@ -290,10 +293,10 @@ def test_lists_threads_and_devices_no_job_could_honour_are_refused():
 def test_a_run_resumes_only_where_and_as_it_began(tmp_path):
     """Its summary names one device and thread count: a resume on another is refused."""
     (tmp_path / "args.json").write_text(json.dumps({"device": "cpu", "threads": 1}))
-    assert compare.resumed_elsewhere(str(tmp_path), "cpu", {"OMP_NUM_THREADS": "1"}) is None
-    assert "rerun with --threads=1" in compare.resumed_elsewhere(str(tmp_path), "cpu", {"OMP_NUM_THREADS": "2"})
-    assert "began on cpu" in compare.resumed_elsewhere(str(tmp_path), "cuda:0", {})
-    assert compare.resumed_elsewhere(str(tmp_path / "new"), "cuda", {}) is None
+    assert sweep_jobs.resumed_elsewhere(str(tmp_path), "cpu", {"OMP_NUM_THREADS": "1"}) is None
+    assert "rerun with --threads=1" in sweep_jobs.resumed_elsewhere(str(tmp_path), "cpu", {"OMP_NUM_THREADS": "2"})
+    assert "began on cpu" in sweep_jobs.resumed_elsewhere(str(tmp_path), "cuda:0", {})
+    assert sweep_jobs.resumed_elsewhere(str(tmp_path / "new"), "cuda", {}) is None
 
 
 def test_the_job_holds_its_lock_as_long_as_it_runs(tmp_path, monkeypatch):
@@ -301,16 +304,15 @@ def test_the_job_holds_its_lock_as_long_as_it_runs(tmp_path, monkeypatch):
     the job locked for as long as the job lives (two runs in one folder pay twice)."""
     holds = ("import os, sys; fds = os.listdir('/proc/self/fd'); sys.exit(0 if any(os.path.realpath("
              "f'/proc/self/fd/{fd}').endswith('.lock') for fd in fds) else 3)")
-    monkeypatch.setattr(compare, "command", lambda args, job, device: [sys.executable, "-c", holds])
+    monkeypatch.setattr(sweep_jobs, "command", lambda args, job, device: [sys.executable, "-c", holds])
     args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=20",
                                f"--save_dir={tmp_path}", "--threads=1"])
-    job = compare.plan(args)[0]
-    assert compare.run_job(args, job, "cpu") == (job, None)
+    job = sweep_jobs.plan(args)[0]
+    assert sweep_jobs.run_job(args, job, "cpu") == (job, None)
 
 
 def test_a_failure_report_names_the_command_and_the_log_last_line(tmp_path):
-    ray_backend = load_script("benchmarks/ray_backend.py")
-    job, args = compare.Job("noise", "mnist", 1, 40), argparse.Namespace(save_dir=str(tmp_path))
+    job, args = sweep_jobs.Job("noise", "mnist", 1, 40), argparse.Namespace(save_dir=str(tmp_path))
     report = ray_backend.failure_report(args, job, "exit 2", ["python", "ideal.py", "--a=b c"])
     assert report == "exit 2\n    command: python ideal.py '--a=b c'\n    last line: (no log)"
     os.makedirs(tmp_path / "logs")  # a long log, a progress bar's carriage returns, blank lines at the end
@@ -360,7 +362,7 @@ def test_ray_backend_gives_the_local_table(sweep, tmp_path, monkeypatch):
 
     def table(runs):  # the rows of compare.md, less the wall time; a one-seed std is NaN, which equals nothing
         return [{k: None if v != v else v for k, v in row.items() if k != "wall_s_mean"}
-                for row in compare.aggregate([{**r, "wall_s": 0.0} for r in runs])]
+                for row in sweep_report.aggregate([{**r, "wall_s": 0.0} for r in runs])]
     assert len(table(ours)) == 4 and table(ours) == table(local)
 
 
@@ -371,30 +373,30 @@ def test_teachers_of_one_recipe_are_pooled_over_teachers_and_seeds():
                                                                         "sgd": 98.0}[teacher]}
     records = [run("main", 1, 90.0), run("main", 2, 92.0), run("main_s2022", 1, 80.0), run("main_s2022", 2, 86.0),
                run("sgd", 1, 50.0)]  # sgd: a recipe of its own, never pooled with main
-    [row] = compare.pool_recipes(records)
+    [row] = sweep_report.pool_recipes(records)
     assert (row["recipe"], row["runs"], row["final_min"], row["final_max"]) == ("main", 4, 80.0, 92.0)
     assert row["final_mean"] == pytest.approx(87.0)
     assert row["final_std"] == pytest.approx(statistics.stdev([90.0, 92.0, 80.0, 86.0]))
     assert {t: v["final_mean"] for t, v in row["teachers"].items()} == {"main": 91.0, "main_s2022": 83.0}
-    table = "\n".join(compare.recipe_markdown([row]))
+    table = "\n".join(sweep_report.recipe_markdown([row]))
     assert "| mnist | main | ideal_best | 100 | 4 | **87.00 +- 5.29** | 80.00 - 92.00 |" in table
-    assert compare.pool_recipes(records[:2] + records[4:]) == []  # one teacher of the recipe: nothing to pool
+    assert sweep_report.pool_recipes(records[:2] + records[4:]) == []  # one teacher of the recipe: nothing to pool
 
 
 def test_a_teacher_of_another_net_keeps_the_sweeps_student(sweep):
     """dipkd_lenet5: the job asks a LeNet-5 teacher (its file says so) and trains
     the sweep's --net as the student; the flags reach ideal.py in that order."""
     args = compare.parse_args(sweep["flags"] + ["--teachers=dipkd_lenet5", "--seeds=1", "--budgets=20"])
-    job = compare.plan(args)[0]
-    path = compare.teacher_path(args, "dipkd_lenet5", "mnist")
+    job = sweep_jobs.plan(args)[0]
+    path = sweep_jobs.teacher_path(args, "dipkd_lenet5", "mnist")
     pretrain.main(pretrain.parse_args(["--dataset=mnist", "--net=lenet5", "--epochs=1", "--batch_size=32",
                                        f"--data_dir={args.data_dir}", f"--save_dir={args.save_dir}",
                                        f"--teacher_ckpt={path}"]))
-    cmd = compare.command(args, job, "cpu")
+    cmd = sweep_jobs.command(args, job, "cpu")
     assert cmd.index("--net=lenet5") > cmd.index("--net=lenet") and "--student_net=lenet" in cmd
     summary = ideal.main(ideal.parse_args(cmd[2:]))
     assert summary["queries"] == 20
-    saved = json.load(open(os.path.join(compare.run_dir(args, job), "args.json")))
+    saved = json.load(open(os.path.join(sweep_jobs.run_dir(args, job), "args.json")))
     assert (saved["net"], saved["student_net"]) == ("lenet5", "lenet")
 
 
@@ -411,9 +413,9 @@ def kept_setup(sweep, tmp_path, reports, lost):
     args = compare.parse_args([*flags, f"--keep={','.join(paths)}", f"--out={tmp_path / 'out'}"])
     args.save_dir = str(tmp_path / "runs")
     shutil.copytree(sweep["args"].save_dir, args.save_dir)
-    for job in compare.plan(args):
+    for job in sweep_jobs.plan(args):
         if (job.method, job.seed) in lost:
-            shutil.rmtree(compare.run_dir(args, job))
+            shutil.rmtree(sweep_jobs.run_dir(args, job))
     return args
 
 
@@ -434,7 +436,7 @@ def test_keep_fills_in_the_runs_this_machine_no_longer_has(sweep, tmp_path):
         if (r["method"], r["seed"]) == ("noise", 2):
             r["teacher_sha256"] = "0" * 64  # asked another teacher file
     args = kept_setup(sweep, tmp_path, [runs], lost={("ideal_cpu", 1), ("ideal_cpu", 2), ("noise", 2)})
-    assert [(j.method, j.seed) for j in compare.to_run(args, compare.plan(args))] == [("noise", 2)]
+    assert [(j.method, j.seed) for j in sweep_runs.to_run(args, sweep_jobs.plan(args))] == [("noise", 2)]
     after, table = report_of(args)
     before = {(r["method"], r["seed"], r["budget"]): r for r in sweep["results"]["runs"]}
     assert sorted((r["method"], r["seed"], r["budget"]) for r in after) == sorted(
@@ -462,7 +464,7 @@ def test_keep_takes_only_the_sweeps_split_and_whole_jobs(sweep, tmp_path):
     val = [{**r, "eval_split": "val", "final_acc": -1.0} for r in mine]
     largest = [r for r in mine if r["budget"] == 40]
     args = kept_setup(sweep, tmp_path, [val, largest], lost={("ideal_cpu", 1)})
-    assert ("ideal_cpu", 1) in [(j.method, j.seed) for j in compare.to_run(args, compare.plan(args))]
+    assert ("ideal_cpu", 1) in [(j.method, j.seed) for j in sweep_runs.to_run(args, sweep_jobs.plan(args))]
     after, _ = report_of(args)
     assert {r["eval_split"] for r in after} == {"test"}
     assert [r["budget"] for r in after if r.get("kept_from")] == [40]  # 20 was not kept: the job runs again
@@ -471,11 +473,11 @@ def test_keep_takes_only_the_sweeps_split_and_whole_jobs(sweep, tmp_path):
 def test_job_split_reads_both_spellings_of_a_flag():
     """--eval_split val (two words) scores a job on held-out images as
     --eval_split=val does; the last one given wins, as in argparse."""
-    job = compare.Job("noise", "mnist", 1, 20, "main")
+    job = sweep_jobs.Job("noise", "mnist", 1, 20, "main")
     for flags, split in [("", "test"), ("--eval_split=val", "val"), ("--eval_split val", "val"),
                          ("--eval_split val --eval_split=test", "test"), ("--eval_split", "test")]:
         args = compare.parse_args(["--methods=noise", "--datasets=mnist", f"--job_flags={flags}"])
-        assert compare.job_split(args, job) == split, flags
+        assert sweep_jobs.job_split(args, job) == split, flags
 
 
 def a_finished_run(monkeypatch, **summary):
@@ -484,8 +486,8 @@ def a_finished_run(monkeypatch, **summary):
     summary = {"query_budget": 50, "final_acc": 90.0, "best_acc": 90.0, "queries": 50, "teacher_acc": 99.0,
                "teacher_sha256": "a" * 64, "device": "cpu", "eval_split": "test", **summary}
     curve = [(10, 50.0, 1.0), (20, 60.0, 2.0), (40, 70.0, 4.0), (50, 90.0, 5.0)]
-    monkeypatch.setattr(compare, "run_summary", lambda folder, unfinished: summary)
-    monkeypatch.setattr(compare, "read_curve", lambda folder, split="test": curve)
+    monkeypatch.setattr(sweep_runs, "run_summary", lambda folder, unfinished: summary)
+    monkeypatch.setattr(sweep_runs, "read_curve", lambda folder, split="test": curve)
 
 
 def test_a_run_of_a_larger_sweep_is_read_at_the_sweeps_budgets(monkeypatch):
@@ -493,10 +495,10 @@ def test_a_run_of_a_larger_sweep_is_read_at_the_sweeps_budgets(monkeypatch):
     curve at 40 (70%, 40 queries), not with its summary's end (90%, 50)."""
     a_finished_run(monkeypatch)
     args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=20,40"])
-    read = {r["budget"]: (r["final_acc"], r["queries"]) for r in compare.collect(args, compare.plan(args))}
+    read = {r["budget"]: (r["final_acc"], r["queries"]) for r in sweep_runs.collect(args, sweep_jobs.plan(args))}
     assert read == {20: (60.0, 20), 40: (70.0, 40)}
     args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=20,50"])
-    assert {r["budget"]: r["queries"] for r in compare.collect(args, compare.plan(args))} == {20: 20, 50: 50}
+    assert {r["budget"]: r["queries"] for r in sweep_runs.collect(args, sweep_jobs.plan(args))} == {20: 20, 50: 50}
 
 
 def test_a_folder_scored_on_another_split_is_refused(monkeypatch):
@@ -505,12 +507,12 @@ def test_a_folder_scored_on_another_split_is_refused(monkeypatch):
     a_finished_run(monkeypatch, eval_split="val")
     args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=20,40"])
     with pytest.raises(compare.UserError, match="scored on val images and this sweep asks test"):
-        compare.collect(args, compare.plan(args))
+        sweep_runs.collect(args, sweep_jobs.plan(args))
     with pytest.raises(compare.UserError, match="scored on val"):
-        compare.check_finished(args, compare.plan(args))
+        sweep_runs.check_finished(args, sweep_jobs.plan(args))
     args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=20,40",
                                "--job_flags=--eval_split val"])
-    assert {r["eval_split"] for r in compare.collect(args, compare.plan(args))} == {"val"}
+    assert {r["eval_split"] for r in sweep_runs.collect(args, sweep_jobs.plan(args))} == {"val"}
 
 
 def test_a_finished_shorter_run_is_refused_before_running(monkeypatch):
@@ -519,8 +521,8 @@ def test_a_finished_shorter_run_is_refused_before_running(monkeypatch):
     a_finished_run(monkeypatch)
     args = compare.parse_args(["--methods=noise", "--datasets=mnist", "--seeds=1", "--budgets=50,100"])
     with pytest.raises(compare.UserError, match="stopped at 50 queries and this sweep asks 100"):
-        compare.check_finished(args, compare.plan(args))
-    assert [r["budget"] for r in compare.collect(args, compare.plan(args))] == [50]
+        sweep_runs.check_finished(args, sweep_jobs.plan(args))
+    assert [r["budget"] for r in sweep_runs.collect(args, sweep_jobs.plan(args))] == [50]
 
 
 def test_a_refused_sweep_says_why_in_one_line(tmp_path):
@@ -558,11 +560,11 @@ def test_a_row_never_mixes_teacher_files():
             "final_acc": 9.74, "best_acc": 9.74, "queries": 100, "wall_s": 1.0, "device": "cpu", "threads": 1,
             "unfinished": False, "teacher_acc": 99.21}
     one = [{**base, "seed": s, "teacher_sha256": "ab" * 32} for s in (1, 2)]
-    [row] = compare.aggregate(one)
+    [row] = sweep_report.aggregate(one)
     assert row["teacher_id"] == "99.21%, abababab"
     with pytest.raises(compare.UserError, match="mixes teacher files"):
-        compare.aggregate(one + [{**base, "seed": 3, "teacher_sha256": None}])
-    assert compare.aggregate([{**base, "seed": 3}])[0]["teacher_id"] == "99.21%, sha256 not recorded"
+        sweep_report.aggregate(one + [{**base, "seed": 3, "teacher_sha256": None}])
+    assert sweep_report.aggregate([{**base, "seed": 3}])[0]["teacher_id"] == "99.21%, sha256 not recorded"
 
 
 def test_a_shipped_teacher_is_copied_not_trained(sweep, tmp_path, monkeypatch):
@@ -574,34 +576,34 @@ def test_a_shipped_teacher_is_copied_not_trained(sweep, tmp_path, monkeypatch):
     source = os.path.join(sweep["args"].save_dir, "teachers", "mnist_lenet.pt")
     shutil.copyfile(source, shipped / "mnist_lenet_sgd.pt")
     readme = "| file | sha256 (first 16) |\n|---|---|\n| `mnist_lenet_sgd.pt` | `{}` |\n"
-    (shipped / "README.md").write_text(readme.format(compare.file_sha256(source)[:16]))
-    monkeypatch.setattr(compare, "SHIPPED", str(shipped))
+    (shipped / "README.md").write_text(readme.format(sweep_jobs.file_sha256(source)[:16]))
+    monkeypatch.setattr(sweep_jobs, "SHIPPED", str(shipped))
     flags = [f for f in sweep["flags"] if not f.startswith("--save_dir")]
     args = compare.parse_args([*flags, "--teachers=sgd", f"--save_dir={tmp_path / 'runs'}"])
     trained = []
-    monkeypatch.setattr(compare.subprocess, "run",
-                        lambda cmd, **k: trained.append(cmd) or compare.subprocess.CompletedProcess(cmd, 0))
-    compare.ensure_teachers(args)
-    assert trained == [] and open(compare.teacher_path(args, "sgd", "mnist"), "rb").read() == open(source, "rb").read()
+    monkeypatch.setattr(sweep_jobs.subprocess, "run",
+                        lambda cmd, **k: trained.append(cmd) or sweep_jobs.subprocess.CompletedProcess(cmd, 0))
+    sweep_jobs.ensure_teachers(args)
+    assert trained == [] and open(sweep_jobs.teacher_path(args, "sgd", "mnist"), "rb").read() == open(source, "rb").read()
     args = compare.parse_args([*flags, "--teachers=sgd", "--fresh_teachers", f"--save_dir={tmp_path / 'fresh'}"])
-    compare.ensure_teachers(args)
+    sweep_jobs.ensure_teachers(args)
     assert len(trained) == 1 and "--schedule=none" in trained[0]  # the sgd recipe's training
     args = compare.parse_args([*flags, "--teachers=sgd", "--teacher_epochs=1", f"--save_dir={tmp_path / 'short'}"])
-    compare.ensure_teachers(args)  # a teacher of other epochs is not the shipped one: trained
+    sweep_jobs.ensure_teachers(args)  # a teacher of other epochs is not the shipped one: trained
     assert len(trained) == 2 and "--epochs=1" in trained[1]
     (shipped / "README.md").write_text(readme.format("0" * 16))  # the shipped bytes are not the README's
     args = compare.parse_args([*flags, "--teachers=sgd", f"--save_dir={tmp_path / 'changed'}"])
     with pytest.raises(compare.UserError, match="not the shipped teacher"):
-        compare.ensure_teachers(args)
-    assert not os.path.exists(compare.teacher_path(args, "sgd", "mnist")) and len(trained) == 2
+        sweep_jobs.ensure_teachers(args)
+    assert not os.path.exists(sweep_jobs.teacher_path(args, "sgd", "mnist")) and len(trained) == 2
 
 
 def test_the_shipped_teachers_are_the_files_their_readme_names():
     """Every file in benchmarks/teachers/ has its row, and its bytes are that row's sha256."""
-    named = compare.shipped_sha256()
-    assert set(named) == set(os.listdir(compare.SHIPPED)) - {"README.md"} and len(named) == 7
+    named = sweep_jobs.shipped_sha256()
+    assert set(named) == set(os.listdir(sweep_jobs.SHIPPED)) - {"README.md"} and len(named) == 7
     for file, sha in named.items():
-        assert compare.file_sha256(os.path.join(compare.SHIPPED, file)).startswith(sha), file
+        assert sweep_jobs.file_sha256(os.path.join(sweep_jobs.SHIPPED, file)).startswith(sha), file
 
 
 def test_keep_needs_an_existing_report(tmp_path, capsys):

@@ -13,6 +13,8 @@ import torch
 import ideal
 import pretrain
 from datasets.idx import write_idx
+from harness import jobs
+from harness.registry import METHODS
 from utils.run import UserError, load_checkpoint
 from utils.teacher import load_blackbox_teacher
 
@@ -489,11 +491,10 @@ def load_script(path):
 
 
 def test_query_sweep_epochs_spend_the_budget():
-    compare = load_script("benchmarks/compare.py")
-    assert compare.epochs_for(5000, 250, relabel=False) == 20
-    assert compare.epochs_for(5001, 250, relabel=False) == 21
+    assert jobs.epochs_for(5000, 250, relabel=False) == 20
+    assert jobs.epochs_for(5001, 250, relabel=False) == 21
     for budget in (5000, 10000, 25000, 250, 251):
-        e = compare.epochs_for(budget, 250, relabel=True)
+        e = jobs.epochs_for(budget, 250, relabel=True)
         assert 250 * e * (e + 1) // 2 >= budget > 250 * (e - 1) * e // 2
 
 
@@ -593,7 +594,7 @@ def test_the_quickstart_command_runs_as_written(workspace):
     """The quickstart's own flags (shortened: 2 epochs of 10 images, a tiny
     generator) reach ideal.py and spend one query per stored image."""
     flags = quickstart_ideal_flags()
-    measured = load_script("benchmarks/compare.py").METHODS["ideal_best_prior_seed_k3"].flags
+    measured = METHODS["ideal_best_prior_seed_k3"].flags
     # exactly the method the README's tables measure: the quickstart adds only what compare sets per job
     per_job = {"--dataset", "--net", "--epochs", "--batch_size", "--exp_name"}
     assert {f for f in flags if f.split("=")[0] not in per_job} == set(measured) - {"--method=ideal"}

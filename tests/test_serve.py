@@ -22,8 +22,9 @@ import torch.nn as nn
 
 import ideal
 import serve_teacher
+from harness import runs
 from models import build_model
-from test_scripts import load_script, tiny_mnist
+from test_scripts import tiny_mnist
 from test_security import RunsCommand
 from utils.http_server import Limits
 from utils.loadtest import hammer, summarise
@@ -566,6 +567,5 @@ def test_client_never_follows_a_redirect_with_the_key(monkeypatch):
 def test_a_sweep_report_reads_each_teacher_files_accuracy(files):
     """compare.py --unfinished reports a run under way with its teacher's accuracy,
     read from the file: a checkpoint's test_acc or a .pt2's meta.json (no code run)."""
-    compare = load_script("benchmarks/compare.py")
-    assert compare.teacher_file_acc(files["checkpoint"]) == 42.0
-    assert compare.teacher_file_acc(files["export"]) == 12.5
+    assert runs.teacher_file_acc(files["checkpoint"]) == 42.0
+    assert runs.teacher_file_acc(files["export"]) == 12.5

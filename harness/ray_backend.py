@@ -1,11 +1,11 @@
 """compare.py --backend=ray: each job of the sweep is one Ray task.
 
 A task asks Ray for --cpus_per_job CPUs and --gpus_per_job of a GPU (0.25 puts
-four LeNet-sized jobs on one GPU) and runs compare.run_job wherever Ray places
-it: the same lock, resume and command as the local backend, so the run folders,
-the logs and the report are the same. Every node must see this checkout and
---save_dir at the same paths (a shared filesystem such as NFS): a task imports
-compare.py from there and its run writes there.
+four LeNet-sized jobs on one GPU) and runs harness.jobs.run_job wherever Ray
+places it: the same lock, resume and command as the local backend, so the run
+folders, the logs and the report are the same. Every node must see this
+checkout and --save_dir at the same paths (a shared filesystem such as NFS): a
+task imports the harness from there and its run writes there.
 
 Ray is optional (requirements-cluster.txt); only this module imports it.
 """
@@ -15,7 +15,9 @@ import os
 import shlex
 from contextlib import contextmanager
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from harness.jobs import Job, command, run_job
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, on every node
 LOG_TAIL_BYTES = 4096  # the end of a log that grows every epoch: enough for its last line
 
 
@@ -40,26 +42,25 @@ def connected(address):
 def task_args(args):
     """The sweep's arguments as a task needs them: absolute paths, since a task
     starts in a folder of Ray's choosing, and for a CPU job --cpus_per_job
-    threads (compare.job_env turns args.threads into OMP_NUM_THREADS)."""
+    threads (harness.jobs.job_env turns args.threads into OMP_NUM_THREADS)."""
     return argparse.Namespace(**{**vars(args), "save_dir": os.path.abspath(args.save_dir),
                                  "data_dir": os.path.abspath(args.data_dir),
                                  "threads": args.threads or args.cpus_per_job})
 
 
 def run_job_task(args, fields, device):
-    """On a Ray worker: compare.run_job for the job with these fields. Returns
-    its error text, or None."""
-    import compare  # from HERE, which the task's PYTHONPATH holds
-    return compare.run_job(args, compare.Job(**fields), device)[1]
+    """On a Ray worker: run_job for the job with these fields. Returns its
+    error text, or None."""
+    return run_job(args, Job(**fields), device)[1]  # this module came from ROOT, on the task's PYTHONPATH
 
 
-def run_jobs(ray, args, jobs, command):
+def run_jobs(ray, args, jobs):
     """Submit every job as a task; yield (job, None or a failure report) as each
-    ends, in the order they end. `command` is compare.command, for the report."""
+    ends, in the order they end."""
     device = "cuda" if args.gpus_per_job else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the task's GPU
     args = task_args(args)
     task = ray.remote(run_job_task)
-    python_path = HERE + os.pathsep + "${PYTHONPATH}"  # Ray expands ${...} on the node: its own path kept
+    python_path = ROOT + os.pathsep + "${PYTHONPATH}"  # Ray expands ${...} on the node: its own path kept
     resources = {"num_cpus": args.cpus_per_job, "num_gpus": args.gpus_per_job,
                  "runtime_env": {"env_vars": {"PYTHONPATH": python_path}}}
     pending = {task.options(name=job.name, **resources).remote(args, dataclasses.asdict(job), device): job
@@ -79,7 +80,7 @@ def run_jobs(ray, args, jobs, command):
 def failure_report(args, job, error, cmd):
     """The error, the command that failed and its log's last line: enough to
     see what went wrong from the head node without opening the log."""
-    log = os.path.join(args.save_dir, "logs", f"{job.name}.log")  # where compare.run_job writes it
+    log = os.path.join(args.save_dir, "logs", f"{job.name}.log")  # where run_job writes it
     return f"{error}\n    command: {shlex.join(cmd)}\n    last line: {last_log_line(log)}"
 
 
