@@ -160,7 +160,7 @@ def ensure_teachers(args):
                                   text=True)
             if done.returncode:
                 last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-                sys.exit(f"compare: training the {dataset} teacher '{name}' failed: {last}")
+                raise UserError(f"training the {dataset} teacher '{name}' failed: {last}")
 
 
 def job_env(args, device):

@@ -598,6 +598,17 @@ def test_a_shipped_teacher_is_copied_not_trained(sweep, tmp_path, monkeypatch):
     assert not os.path.exists(sweep_jobs.teacher_path(args, "sgd", "mnist")) and len(trained) == 2
 
 
+def test_a_teacher_that_fails_to_train_is_one_line(sweep, tmp_path, monkeypatch):
+    """A teacher's training that fails stops the sweep with its last line of
+    stderr, as compare.py's one-line error, not a traceback or a bare exit."""
+    flags = [f for f in sweep["flags"] if not f.startswith("--save_dir")]
+    args = compare.parse_args([*flags, "--teachers=sgd", "--fresh_teachers", f"--save_dir={tmp_path}"])
+    failed = lambda cmd, **k: sweep_jobs.subprocess.CompletedProcess(cmd, 2, stderr="Traceback\nerror: no data")  # noqa: E731
+    monkeypatch.setattr(sweep_jobs.subprocess, "run", failed)
+    with pytest.raises(compare.UserError, match="^training the mnist teacher 'sgd' failed: error: no data$"):
+        sweep_jobs.ensure_teachers(args)
+
+
 def test_the_shipped_teachers_are_the_files_their_readme_names():
     """Every file in benchmarks/teachers/ has its row, and its bytes are that row's sha256."""
     named = sweep_jobs.shipped_sha256()
