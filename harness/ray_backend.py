@@ -15,7 +15,7 @@ import os
 import shlex
 from contextlib import contextmanager
 
-from harness.jobs import Job, command, run_job
+from harness import jobs as sweep_jobs  # its functions read at call time, as the local backend does
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, on every node
 LOG_TAIL_BYTES = 4096  # the end of a log that grows every epoch: enough for its last line
@@ -51,7 +51,7 @@ def task_args(args):
 def run_job_task(args, fields, device):
     """On a Ray worker: run_job for the job with these fields. Returns its
     error text, or None."""
-    return run_job(args, Job(**fields), device)[1]  # this module came from ROOT, on the task's PYTHONPATH
+    return sweep_jobs.run_job(args, sweep_jobs.Job(**fields), device)[1]  # harness from ROOT: the task's PYTHONPATH
 
 
 def run_jobs(ray, args, jobs):
@@ -74,7 +74,7 @@ def run_jobs(ray, args, jobs):
             error = ray.get(ready[0])
         except ray.exceptions.RayError as err:  # the worker or its node died, not the run
             error = f"Ray: {type(err).__name__}: {last_line(str(err))}"
-        yield job, error and failure_report(args, job, error, command(args, job, device))
+        yield job, error and failure_report(args, job, error, sweep_jobs.command(args, job, device))
 
 
 def failure_report(args, job, error, cmd):
