@@ -5,8 +5,7 @@ import json
 import math
 import os
 
-from harness.jobs import budgets_for, is_done, job_budgets, job_split, run_dir, teacher_path
-from harness.registry import METHODS
+from harness.jobs import is_done, job_budgets, job_split, run_dir, teacher_path
 from utils.report import newest_per_step
 from utils.run import UserError, load_checkpoint
 from utils.teacher import file_sha256, read_meta, teacher_format
@@ -106,7 +105,7 @@ def check_finished(args, jobs):
 def readable_budgets(args, job, summary, curve):
     """The budgets a run can speak for: not above its own, and for a run still
     under way only those it has already spent."""
-    budgets = [job.budget] if METHODS[job.method].per_budget else budgets_for(args, job.dataset)
+    budgets = job_budgets(args, job)
     if summary.get("query_budget"):  # a run never given that many queries says nothing about them
         budgets = [b for b in budgets if b <= summary["query_budget"]]
     if summary.get("unfinished"):
