@@ -257,7 +257,8 @@ def main(args):
         if args.label_first and epoch < args.epochs:
             state["epoch"] = epoch
             run.save(state, parts)
-            continue  # the student trains from epoch --epochs on: 1 + --distill_epochs passes, budget spent early or not
+            # the student trains from epoch --epochs on: 1 + --distill_epochs passes, budget spent early or not
+            continue
         with clock("distill"):
             distilled = distill_epoch(args, student, optimizer, pool, augment, teacher, run.autocast)
         with clock("test"):

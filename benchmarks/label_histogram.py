@@ -32,7 +32,8 @@ def parse_args(argv=None):
                    help="allow .pt2 or TorchScript teachers: loading one can run code the file carries")
     p.add_argument("--images", type=int, default=10_000, help="images per source")
     p.add_argument("--ngf", type=int, default=16,
-                   help="the untrained generator's width: 16 is the CPU preset's, 64 the paper's (ideal_paper, random_generator)")
+                   help="the untrained generator's width: 16 is the CPU preset's, "
+                        "64 the paper's (ideal_paper, random_generator)")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="benchmarks/results")

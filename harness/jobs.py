@@ -94,7 +94,8 @@ def command(args, job, device):
            f"--device={device}", f"--teacher_ckpt={teacher_path(args, job.teacher, job.dataset)}",
            *(f.format(net=args.net) for f in TEACHERS[job.teacher].flags), *method.flags]
     if method.script == "ideal.py":
-        cmd += [f"--epochs={epochs_for(job.budget, args.batch_size, method.relabel)}", f"--batch_size={args.batch_size}"]
+        epochs = epochs_for(job.budget, args.batch_size, method.relabel)
+        cmd += [f"--epochs={epochs}", f"--batch_size={args.batch_size}"]
     cmd += args.job_flags.split()
     if os.path.isfile(os.path.join(run_dir(args, job), "last.pt")):
         cmd.append("--resume")

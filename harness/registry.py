@@ -46,10 +46,12 @@ METHODS = {
                          about="IDEAL, --preset=best (configs/best.json: the CPU preset, warm generator on MNIST)"),
     "ideal_best_prior": Method("ideal.py", ("--method=ideal", "--preset=best", "--prior_share=0.5"),
                                about="IDEAL, --preset=best, half of every batch DIP-KD image priors (a lever)"),
-    "ideal_best_prior_k2": Method("ideal.py", ("--method=ideal", "--preset=best", "--prior_share=0.5", "--candidates=2"),
+    "ideal_best_prior_k2": Method("ideal.py", ("--method=ideal", "--preset=best", "--prior_share=0.5",
+                                              "--candidates=2"),
                                   about="IDEAL, --preset=best, B generator images and B image priors as candidates, "
                                         "the B the student is least sure of labelled (levers)"),
-    "ideal_best_prior_k3": Method("ideal.py", ("--method=ideal", "--preset=best", "--candidates=3", "--prior_share=0.6667"),
+    "ideal_best_prior_k3": Method("ideal.py", ("--method=ideal", "--preset=best", "--candidates=3",
+                                              "--prior_share=0.6667"),
                                   about="IDEAL, --preset=best, B generator images and 2B image priors as candidates, "
                                         "the B the student is least sure of labelled (the control of "
                                         "ideal_best_prior_seed_k3: as many candidates, no pool seeds)"),

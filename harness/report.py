@@ -183,7 +183,8 @@ def plot(records, dataset, path):
     for acc, style in zip(dict.fromkeys(r["teacher_acc"] for r in ours), ("--", ":", "-.", (0, (5, 5)))):
         ax.axhline(acc, ls=style, c="k", label=f"teacher ({acc:.2f}%)")  # two teacher files: two line styles
     scored = "held-out" if ours[0]["eval_split"] == "val" else "test"
-    ax.set(xlabel="teacher queries", ylabel=f"student {scored} accuracy (%)", title=f"{dataset}, teacher {ours[0]['teacher']}")
+    ax.set(xlabel="teacher queries", ylabel=f"student {scored} accuracy (%)",
+           title=f"{dataset}, teacher {ours[0]['teacher']}")
     ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: never over a point
@@ -203,8 +204,8 @@ def report(args, jobs):
     with open(os.path.join(args.out, "compare.md"), "w") as f:
         f.write(markdown(rows, records, args, left_out))
     with open(os.path.join(args.out, "compare.json"), "w") as f:
-        json.dump({"rows": rows, "recipe_rows": pool_recipes(records), "runs": [{k: v for k, v in r.items() if k != "curve"} for r in records]},
-                  f, indent=1)
+        runs = [{k: v for k, v in r.items() if k != "curve"} for r in records]
+        json.dump({"rows": rows, "recipe_rows": pool_recipes(records), "runs": runs}, f, indent=1)
     for dataset, teacher in dict.fromkeys((r["dataset"], r["teacher"]) for r in records):
         name = dataset if teacher == "main" else f"{dataset}_{teacher}"
         plot([r for r in records if r["teacher"] == teacher], dataset, os.path.join(args.out, f"compare_{name}.png"))

@@ -43,7 +43,8 @@ def load_run(run_dir):
     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
     events.Reload()
     split = summary.get("eval_split", "test")  # a run scored on held-out images logs val/ tags
-    return summary, {tag: curve(events.Scalars(tag.replace("test", split, 1))) for tag in ("test/acc", "test_by_queries/acc")}
+    tags = ("test/acc", "test_by_queries/acc")
+    return summary, {tag: curve(events.Scalars(tag.replace("test", split, 1))) for tag in tags}
 
 
 def curve(scalars):
@@ -65,7 +66,8 @@ def plot_accuracy(runs, path):
             ax.plot(*curves[tag], label=label(summary))
     teacher = runs[0][0]
     for ax, xlabel in zip(axes, ("epoch", "teacher queries")):
-        ax.axhline(teacher["teacher_acc"], ls="--", c="k", label=f"{teacher['net']} teacher ({teacher['teacher_acc']:.2f}%)")
+        label = f"{teacher['net']} teacher ({teacher['teacher_acc']:.2f}%)"
+        ax.axhline(teacher["teacher_acc"], ls="--", c="k", label=label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"student {teacher.get('eval_split', 'test')} accuracy (%)")
         ax.set_ylim(0, 100)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 KINDS = ("none", "crop", "flip", "crop+flip", "crop+jitter", "crop+flip+jitter")
 CROP_PADDING = 4  # pixels of zero padding before the random crop (reference code)
-JITTER = 0.4  # brightness and contrast factors uniform in [1 - JITTER, 1 + JITTER] (torchvision's ColorJitter(0.4, 0.4))
+# brightness and contrast factors uniform in [1 - JITTER, 1 + JITTER] (torchvision's ColorJitter(0.4, 0.4))
+JITTER = 0.4
 
 
 def random_crop(x: torch.Tensor, padding: int = CROP_PADDING) -> torch.Tensor:
