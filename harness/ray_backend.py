@@ -17,7 +17,6 @@ from contextlib import contextmanager
 
 from harness import jobs as sweep_jobs  # its functions read at call time, as the local backend does
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, on every node
 LOG_TAIL_BYTES = 4096  # the end of a log that grows every epoch: enough for its last line
 
 
@@ -51,7 +50,7 @@ def task_args(args):
 def run_job_task(args, fields, device):
     """On a Ray worker: run_job for the job with these fields. Returns its
     error text, or None."""
-    return sweep_jobs.run_job(args, sweep_jobs.Job(**fields), device)[1]  # harness from ROOT: the task's PYTHONPATH
+    return sweep_jobs.run_job(args, sweep_jobs.Job(**fields), device)[1]  # harness from sweep_jobs.ROOT: the PYTHONPATH
 
 
 def run_jobs(ray, args, jobs):
@@ -60,7 +59,7 @@ def run_jobs(ray, args, jobs):
     device = "cuda" if args.gpus_per_job else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the task's GPU
     args = task_args(args)
     task = ray.remote(run_job_task)
-    python_path = ROOT + os.pathsep + "${PYTHONPATH}"  # Ray expands ${...} on the node: its own path kept
+    python_path = sweep_jobs.ROOT + os.pathsep + "${PYTHONPATH}"  # Ray expands ${...} on the node: its own path kept
     resources = {"num_cpus": args.cpus_per_job, "num_gpus": args.gpus_per_job,
                  "runtime_env": {"env_vars": {"PYTHONPATH": python_path}}}
     pending = {task.options(name=job.name, **resources).remote(args, dataclasses.asdict(job), device): job

@@ -26,7 +26,7 @@ from utils.losses import balanced_targets, generator_loss
 from utils.pool import to_float, top1
 from utils.run import UserError, to_device
 
-SYNTHESIZERS = {}  # name -> class, filled by @register; ideal.py --method and compare.py read it
+SYNTHESIZERS = {}  # name -> class, filled by @register; ideal.py --method and harness/registry.py read it
 
 
 def register(name: str):

@@ -584,7 +584,8 @@ def test_a_shipped_teacher_is_copied_not_trained(sweep, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_jobs.subprocess, "run",
                         lambda cmd, **k: trained.append(cmd) or sweep_jobs.subprocess.CompletedProcess(cmd, 0))
     sweep_jobs.ensure_teachers(args)
-    assert trained == [] and open(sweep_jobs.teacher_path(args, "sgd", "mnist"), "rb").read() == open(source, "rb").read()
+    copied = sweep_jobs.teacher_path(args, "sgd", "mnist")
+    assert trained == [] and open(copied, "rb").read() == open(source, "rb").read()
     args = compare.parse_args([*flags, "--teachers=sgd", "--fresh_teachers", f"--save_dir={tmp_path / 'fresh'}"])
     sweep_jobs.ensure_teachers(args)
     assert len(trained) == 1 and "--schedule=none" in trained[0]  # the sgd recipe's training
@@ -603,8 +604,8 @@ def test_a_teacher_that_fails_to_train_is_one_line(sweep, tmp_path, monkeypatch)
     stderr, as compare.py's one-line error, not a traceback or a bare exit."""
     flags = [f for f in sweep["flags"] if not f.startswith("--save_dir")]
     args = compare.parse_args([*flags, "--teachers=sgd", "--fresh_teachers", f"--save_dir={tmp_path}"])
-    failed = lambda cmd, **k: sweep_jobs.subprocess.CompletedProcess(cmd, 2, stderr="Traceback\nerror: no data")  # noqa: E731
-    monkeypatch.setattr(sweep_jobs.subprocess, "run", failed)
+    monkeypatch.setattr(sweep_jobs.subprocess, "run", lambda cmd, **k: sweep_jobs.subprocess.CompletedProcess(
+        cmd, 2, stderr="Traceback\nerror: no data"))
     with pytest.raises(compare.UserError, match="^training the mnist teacher 'sgd' failed: error: no data$"):
         sweep_jobs.ensure_teachers(args)
 
