@@ -66,8 +66,8 @@ def plot_accuracy(runs, path):
             ax.plot(*curves[tag], label=label(summary))
     teacher = runs[0][0]
     for ax, xlabel in zip(axes, ("epoch", "teacher queries")):
-        label = f"{teacher['net']} teacher ({teacher['teacher_acc']:.2f}%)"
-        ax.axhline(teacher["teacher_acc"], ls="--", c="k", label=label)
+        line = f"{teacher['net']} teacher ({teacher['teacher_acc']:.2f}%)"
+        ax.axhline(teacher["teacher_acc"], ls="--", c="k", label=line)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"student {teacher.get('eval_split', 'test')} accuracy (%)")
         ax.set_ylim(0, 100)
